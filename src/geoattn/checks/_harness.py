@@ -1,0 +1,86 @@
+"""The machinery every exercise check shares: run a student's function on cases, compare
+with the library's answer, and report a clear pass or a hint, never the answer itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+__all__ = ["Case", "CheckResult", "run_check"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One trial: call ``fn(*args)`` and compare with ``expected``; ``hint`` is shown on failure."""
+
+    label: str
+    args: tuple
+    expected: Any
+    hint: str = ""
+    atol: float = 1e-6
+    rtol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check returns: truthy when passed; its repr is the message a student reads."""
+
+    name: str
+    passed: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return self.message
+
+    _repr_pretty_ = lambda self, p, cycle: p.text(self.message)  # noqa: E731  (IPython display)
+
+
+def _compare(got: Any, expected: Any, case: Case) -> str | None:
+    """None if ``got`` matches ``expected``; else what is wrong, without the expected values."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"expected a tuple of {len(expected)} results, got {type(got).__name__}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            problem = _compare(g, e, case)
+            if problem:
+                return f"result {i}: {problem}"
+        return None
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"expected a torch.Tensor, got {type(got).__name__}"
+        if got.shape != expected.shape:
+            return f"shape is {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if not torch.isfinite(got).all() and torch.isfinite(expected).all():
+            return "the result contains NaN or inf"
+        if not torch.allclose(got.to(expected.dtype), expected, atol=case.atol, rtol=case.rtol):
+            err = (got.to(expected.dtype) - expected).abs().max().item()
+            return f"values differ from the reference (max abs error {err:.3g})"
+        return None
+    if got != expected:
+        return "the value differs from the reference"
+    return None
+
+
+def run_check(name: str, fn: Callable, cases: Iterable[Case]) -> CheckResult:
+    """Run ``fn`` on every case and stop at the first failure."""
+    if not callable(fn):
+        return CheckResult(name, False, f"✗ {name}: expected a function, got {type(fn).__name__}")
+    n = 0
+    for case in cases:
+        n += 1
+        try:
+            got = fn(*case.args)
+        except NotImplementedError:
+            return CheckResult(name, False, f"✗ {name}: not implemented yet (replace the `raise NotImplementedError`)")
+        except Exception as err:  # the student's code may raise anything
+            msg = f"✗ {name} failed on {case.label}: raised {type(err).__name__}: {err}"
+            return CheckResult(name, False, msg + (f"\n  hint: {case.hint}" if case.hint else ""))
+        problem = _compare(got, case.expected, case)
+        if problem:
+            msg = f"✗ {name} failed on {case.label}: {problem}"
+            return CheckResult(name, False, msg + (f"\n  hint: {case.hint}" if case.hint else ""))
+    return CheckResult(name, True, f"✓ {name}: passed all {n} cases")
