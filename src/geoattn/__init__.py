@@ -22,6 +22,7 @@ _MODULES = (
     "structure",
     "geometric",
     "chunked",
+    "notebook",
 )
 
 
