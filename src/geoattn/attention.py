@@ -68,6 +68,16 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
         raise ValueError(f"k must have the same last dimension d_k as q: q has {q.shape[-1]}, k has {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"v must have as many rows as k (one value per key): k has {k.shape[-2]}, v has {v.shape[-2]}")
+    # Leading (batch, head) dimensions broadcast, as in torch.matmul; name the culprit.
+    for name, others in (("k", (q,)), ("v", (q, k))):
+        lead = {"k": k, "v": v}[name].shape[:-2]
+        try:
+            torch.broadcast_shapes(lead, *(t.shape[:-2] for t in others))
+        except RuntimeError:
+            seen = ", ".join(str(tuple(t.shape[:-2])) for t in others)
+            raise ValueError(
+                f"{name}'s leading (batch) dimensions {tuple(lead)} do not broadcast with those of q/k: {seen}"
+            ) from None
     if mask is not None:
         _require_tensor("mask", mask)
         if mask.dtype != torch.bool:
@@ -167,8 +177,9 @@ class MultiHeadAttention(nn.Module):
     ``forward(query, key=None, value=None, mask=None)`` takes (B, L, d_model) inputs
     (key and value default to query: self-attention). ``mask`` is bool, True = may
     attend, of shape (L_k,), (B, L_k) (padding), (L_q, L_k) (e.g. causal) or
-    (B, L_q, L_k). Returns the output (B, L_q, d_model) and the per-head weights
-    (B, H, L_q, L_k).
+    (B, L_q, L_k); when B == L_q a 2-D mask is read as padding (B, L_k), so pass a
+    causal mask as (1, L_q, L_k) then. Returns the output (B, L_q, d_model) and the
+    per-head weights (B, H, L_q, L_k).
     """
 
     def __init__(self, d_model: int, n_heads: int, *, bias: bool = True):
