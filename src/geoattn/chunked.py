@@ -1,2 +1,183 @@
-"""Placeholder: being written."""
-__all__: list[str] = []
+r"""Geometric attention with an online softmax over key blocks (chapter 5).
+
+The naive path materializes every score :math:`A_{ij}` (and ESM's (L, L, 3) differences),
+so its memory grows as :math:`L^2`. Here the keys are visited one block
+:math:`K_b = \{j_0, \dots, j_0+n-1\}` at a time, for all queries at once, and only three
+running statistics per query row are kept (Milakov & Gimelshein's online softmax,
+FlashAttention's forward pass):
+
+.. math::
+    S_{ij} &= \tfrac{w_r}{\sqrt3}\, q^r_i\cdot k^r_j - \tfrac{w_d}{\sqrt3}\,\lVert q^d_i - k^d_j\rVert_2
+              \quad (j \in K_b;\ -\infty \text{ for a masked key}) \\
+    m_i' &= \max\big(m_i,\ \max_{j\in K_b} S_{ij}\big) \\
+    \ell_i' &= e^{m_i - m_i'}\,\ell_i + \textstyle\sum_{j\in K_b} e^{S_{ij} - m_i'} \\
+    \mathrm{acc}_i' &= e^{m_i - m_i'}\,\mathrm{acc}_i + \textstyle\sum_{j\in K_b} e^{S_{ij} - m_i'}\, v_j
+
+starting from :math:`m = -\infty,\ \ell = 0,\ \mathrm{acc} = 0`. At the end
+:math:`o_i = \mathrm{acc}_i / \ell_i` is exactly :math:`\sum_j \mathrm{softmax}_j(S_i)\, v_j`,
+and :math:`\mathrm{lse}_i = m_i + \log \ell_i` is the row's log-sum-exp. Memory is
+O(B·H·L·n), never O(L²).
+
+**Backward.** The forward saves only the inputs, ``out`` and ``lse`` (O(L) each). The
+backward recomputes each block's scores and gets the probabilities back without any
+normalisation pass, :math:`P_{ij} = e^{S_{ij} - \mathrm{lse}_i}`; then, as in FlashAttention,
+
+.. math::
+    D_i = \textstyle\sum_c dO_{ic}\, O_{ic},\qquad dP = dO\, V^\top,\qquad dS = P \circ (dP - D),
+
+because :math:`\partial o_i/\partial S_{ij} = P_{ij}(v_j - o_i)`. The chain rule through
+:math:`S` then gives all seven gradients. The distance term's gradient is
+:math:`\partial \lVert q^d_i - k^d_j\rVert / \partial q^d_i = (q^d_i - k^d_j)/d_{ij}`; with
+:math:`G_{ij} = \tfrac{w_d}{\sqrt3} dS_{ij}/d_{ij}` (and :math:`G_{ij} = 0` where
+:math:`d_{ij} = 0`, the minimal-norm subgradient, as :func:`geoattn.geometric.safe_norm`),
+
+.. math::
+    dq^d_i = -\Big(\textstyle\sum_j G_{ij}\Big) q^d_i + (G\,k^d)_i,\qquad
+    dk^d_j = (G^\top q^d)_j - \Big(\textstyle\sum_i G_{ij}\Big) k^d_j,
+
+two matrix products instead of an (L, n, 3) tensor of differences.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .geometric import check_geometric_inputs
+
+__all__ = ["chunked_geometric_attention", "DEFAULT_BLOCK_SIZE"]
+
+# Keys per block. Larger blocks mean fewer Python-level steps and bigger matrix products;
+# memory grows linearly with it (benchmarks/bench_geometric.py measured the trade-off).
+DEFAULT_BLOCK_SIZE = 128
+
+_INV_SQRT3 = 1.0 / math.sqrt(3.0)
+
+
+def _check_block_size(block_size) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    return block_size
+
+
+def _block_scores(qr, qd, kr, kd, w_r, w_d, mask):
+    """Scores of every query against one key block, and their two terms.
+
+    ``qr, qd``: (B, H, L, 3); ``kr, kd``: (B, H, n, 3); ``w_r, w_d``: (1, H, 1, 1), already
+    divided by √3; ``mask``: (B, 1, 1, n) bool or None. Returns S, rot, dist, each (B, H, L, n).
+    """
+    rot = qr @ kr.transpose(-1, -2)
+    # cdist computes the norm of each difference directly (no |q|²+|k|²−2q·k cancellation),
+    # without ever storing the (L, n, 3) differences.
+    dist = torch.cdist(qd, kd, compute_mode="donot_use_mm_for_euclid_dist")
+    s = w_r * rot - w_d * dist
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s, rot, dist
+
+
+def _forward(qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):
+    """Online softmax over key blocks; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L)."""
+    b, h, length, _ = qr.shape
+    m = qr.new_full((b, h, length), float("-inf"))  # running row maximum
+    l = qr.new_zeros((b, h, length))  # running sum of exp(S - m)
+    acc = qr.new_zeros((b, h, length, v.shape[-1]))  # running sum of exp(S - m) v
+    for j0 in range(0, length, block_size):
+        blk = slice(j0, j0 + block_size)
+        mask = None if key_mask is None else key_mask[:, None, None, blk]
+        s, _, _ = _block_scores(qr, qd, kr[:, :, blk], kd[:, :, blk], w_r, w_d, mask)
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        # A row whose keys were all masked so far has m_new = -inf; shifting by 0 there
+        # keeps exp(-inf) = 0 instead of exp(-inf + inf) = NaN.
+        shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+        p = torch.exp(s - shift[..., None])
+        rescale = torch.exp(m - shift)  # e^{m - m'}: the old statistics in the new scale
+        l = l * rescale + p.sum(dim=-1)
+        acc = acc * rescale[..., None] + p @ v[:, :, blk]
+        m = m_new
+    has_key = l > 0
+    safe_l = torch.where(has_key, l, torch.ones_like(l))
+    out = acc / safe_l[..., None]  # a row with no key: acc = 0, so out = 0
+    # +inf for a row with no key makes the backward's P = exp(S - lse) exactly 0.
+    lse = torch.where(has_key, m + torch.log(safe_l), torch.full_like(l, float("inf")))
+    return out, lse
+
+
+def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):
+    """FlashAttention's backward, recomputing one key block at a time (see the module docstring)."""
+    # Distances do not change under a common translation; centring the points keeps the
+    # matrix-product form of the distance gradient from cancelling digits far from the origin.
+    centre = kd.mean(dim=-2, keepdim=True)
+    qd, kd = qd - centre, kd - centre
+    delta = (d_out * out).sum(dim=-1)  # D_i = dO_i · O_i
+    dqr, dqd = torch.zeros_like(qr), torch.zeros_like(qd)
+    dkr, dkd, dv = torch.empty_like(kr), torch.empty_like(kd), torch.empty_like(v)
+    dw_r = w_r.new_zeros(w_r.shape[1])
+    dw_d = w_d.new_zeros(w_d.shape[1])
+    length = qr.shape[2]
+    for j0 in range(0, length, block_size):
+        blk = slice(j0, j0 + block_size)
+        kr_b, kd_b, v_b = kr[:, :, blk], kd[:, :, blk], v[:, :, blk]
+        mask = None if key_mask is None else key_mask[:, None, None, blk]
+        s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d, mask)
+        p = torch.exp(s - lse[..., None])  # the softmax, recovered from the saved log-sum-exp
+        dv[:, :, blk] = p.transpose(-1, -2) @ d_out
+        dp = d_out @ v_b.transpose(-1, -2)
+        ds = p * (dp - delta[..., None])  # dL/dS; exactly 0 for masked keys and empty rows
+        # rotation term: S += (w_r/√3) q_r·k_r
+        dqr += w_r * (ds @ kr_b)
+        dkr[:, :, blk] = w_r * (ds.transpose(-1, -2) @ qr)
+        dw_r += (ds * rot).sum(dim=(0, 2, 3)) * _INV_SQRT3
+        # distance term: S -= (w_d/√3) ‖q_d − k_d‖, with gradient 0 where the distance is 0
+        g = w_d * torch.where(dist > 0, ds / torch.where(dist > 0, dist, torch.ones_like(dist)), torch.zeros_like(ds))
+        dqd += g @ kd_b - g.sum(dim=-1, keepdim=True) * qd
+        dkd[:, :, blk] = g.transpose(-1, -2) @ qd - g.sum(dim=-2)[..., None] * kd_b
+        dw_d -= (ds * dist).sum(dim=(0, 2, 3)) * _INV_SQRT3
+    return dqr, dkr, dqd, dkd, dv, dw_r, dw_d
+
+
+class _ChunkedGeometricAttention(torch.autograd.Function):
+    """Autograd wrapper: the forward keeps only (out, lse), the backward recomputes blocks."""
+
+    @staticmethod
+    def forward(ctx, q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask, block_size):
+        compute = torch.float64 if v.dtype == torch.float64 else torch.float32
+        # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
+        qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
+        w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
+        w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
+        out, lse = _forward(qr, kr, qd, kd, vv, w_r, w_d, key_mask, block_size)
+        ctx.save_for_backward(qr, kr, qd, kd, vv, w_r, w_d, out, lse, key_mask)
+        ctx.block_size = block_size
+        ctx.dtypes = tuple(t.dtype for t in (q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight))
+        return out.transpose(1, 2).to(v.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        qr, kr, qd, kd, vv, w_r, w_d, out, lse, key_mask = ctx.saved_tensors
+        d_out = grad_out.to(out.dtype).transpose(1, 2)
+        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, key_mask, ctx.block_size)
+        vectors = tuple(g.transpose(1, 2) for g in grads[:5])  # back to (B, L, H, 3)
+        grads = (*vectors, *grads[5:])
+        grads = tuple(g.to(dt) if need else None
+                      for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad))
+        return (*grads, None, None)
+
+
+def chunked_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                                block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
+    """Geometric attention (the contract of :func:`geoattn.geometric_attention`) in
+    O(B·H·L·block_size) memory, forward and backward; see the module docstring for the math.
+
+    Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3); ``rot_weight, dist_weight``:
+    (H,); ``key_mask``: (B, L) bool, True = may attend. ``block_size``: keys per block.
+    Accumulates in fp32 (fp64 for fp64 ``v``); returns ``v``'s dtype. A query row with no
+    key to attend returns zeros and passes back zero gradients.
+    """
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask)
+    block_size = _check_block_size(block_size)
+    return _ChunkedGeometricAttention.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
+                                            block_size)
