@@ -177,7 +177,7 @@ class MultiHeadAttention(nn.Module):
     ``forward(query, key=None, value=None, mask=None)`` takes (B, L, d_model) inputs
     (key and value default to query: self-attention). ``mask`` is bool, True = may
     attend, of shape (L_k,), (B, L_k) (padding), (L_q, L_k) (e.g. causal) or
-    (B, L_q, L_k); when B == L_q a 2-D mask is read as padding (B, L_k), so pass a
+    (B or 1, L_q, L_k); when B == L_q a 2-D mask is read as padding (B, L_k), so pass a
     causal mask as (1, L_q, L_k) then. Returns the output (B, L_q, d_model) and the
     per-head weights (B, H, L_q, L_k).
     """
@@ -216,10 +216,10 @@ class MultiHeadAttention(nn.Module):
             return mask.view(b, 1, 1, lk)
         if mask.shape == (lq, lk):
             return mask.view(1, 1, lq, lk)
-        if mask.shape == (b, lq, lk):
-            return mask.view(b, 1, lq, lk)
+        if mask.dim() == 3 and mask.shape[0] in (1, b) and mask.shape[1:] == (lq, lk):
+            return mask.unsqueeze(1)
         raise ValueError(
-            f"mask must have shape (L_k,), (B, L_k), (L_q, L_k) or (B, L_q, L_k) = "
+            f"mask must have shape (L_k,), (B, L_k), (L_q, L_k) or (B or 1, L_q, L_k) = "
             f"({lk},), ({b}, {lk}), ({lq}, {lk}) or ({b}, {lq}, {lk}); got {tuple(mask.shape)}"
         )
 
