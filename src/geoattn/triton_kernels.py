@@ -1,0 +1,494 @@
+"""Triton kernels for geometric attention: a fused forward and a recomputing backward pass.
+
+This is the only module of ``geoattn`` that imports Triton; the dispatcher in ``geometric.py``
+imports it only for ``impl="triton"``, so ``import geoattn`` never needs Triton.
+
+The math, per batch b and head h (see ``geometric.py``), is
+
+    A[i,j]   = w_r · (q_r[i] · k_r[j]) / √3  −  w_d · ‖q_d[i] − k_d[j]‖ / √3
+    out[i]   = Σ_j softmax_j(A)[i,j] · v[j]
+
+Before the kernels run, PyTorch folds the constants into the inputs (outside the autograd
+Function, so autograd differentiates the folding and hands the weights their gradients):
+
+    a[i] = q_r[i] · w_r · log2(e)/√3         (the rotation term scales only q_r)
+    c    = w_d · log2(e)/√3                  (one number per head)
+    S[i,j] = a[i] · k_r[j] − c · ‖q_d[i] − k_d[j]‖ = A[i,j] · log2(e)
+
+so the kernels work in base 2 (``exp2``, one MUFU instruction) and see no ``w_r`` at all.
+The distance weight ``c`` is *not* folded into the points, although ‖c·q − c·k‖ = c·‖q − k‖
+for c ≥ 0: folded, a head with w_d = 0 collapses every point to the origin and its
+gradient ∂out/∂w_d = Σ ∂out/∂A · ‖q_d − k_d‖ would come out as 0, and a negative weight
+would flip sign silently. One scalar per head costs the kernel one FFMA in place of an FADD.
+
+Layout: every (B, L, H, 3) input becomes (B·H, 3, L) fp32 *planes*, three contiguous rows
+x, y, z per head, so a block of keys is three coalesced vector loads (d = 3 is far too small
+for ``tl.dot``; the whole kernel is scalar FMA work). Score tiles are laid out with the
+reduced axis first: [keys, queries] in the forward and dQ kernels, [queries, keys] in the
+dK/dV kernel, and every reduction runs over axis 0. ``EVEN_L`` (L divisible by both blocks)
+is a constexpr that drops every bounds mask.
+
+Numerics: math and accumulation in fp32 for every input dtype. fp16/bf16 inputs give
+an output in their dtype; fp64 inputs are *computed in fp32* and returned as fp64 (use
+``impl="naive"`` for an fp64 reference). A query row without any key (its batch's
+``key_mask`` all False) gets output 0, log-sum-exp +inf (so the backward's
+P = 2^(S − lse) is exactly 0) and gradient 0. At coincident points q_d[i] = k_d[j] the
+gradient of the norm is taken as 0, as in ``geoattn.geometric.safe_norm``.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "impl='triton' needs the triton package (pip install 'geoattn[triton]'); "
+        "use impl='chunked' on machines without it"
+    ) from err
+
+__all__ = ["triton_geometric_attention", "KERNELS", "compile_signatures", "INTERPRETED"]
+
+# triton.jit decides at decoration time (i.e. now) whether kernels are compiled or interpreted.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+_LOG2E = 1.4426950408889634
+_LN2 = tl.constexpr(0.6931471805599453)  # read inside kernels: must be a constexpr
+_SCALE = _LOG2E / math.sqrt(3.0)  # folds the 1/√3 of the logits and the switch to base 2
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers (inlined into the kernels)
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load3(ptr, offs, L, EVEN_L: tl.constexpr):
+    """The x, y, z rows of one head's (3, L) plane at positions ``offs`` (0 outside [0, L))."""
+    if EVEN_L:
+        x = tl.load(ptr + offs)
+        y = tl.load(ptr + L + offs)
+        z = tl.load(ptr + 2 * L + offs)
+    else:
+        inside = offs < L
+        x = tl.load(ptr + offs, mask=inside, other=0.0)
+        y = tl.load(ptr + L + offs, mask=inside, other=0.0)
+        z = tl.load(ptr + 2 * L + offs, mask=inside, other=0.0)
+    return x, y, z
+
+
+@triton.jit
+def _store3(ptr, offs, L, x, y, z, EVEN_L: tl.constexpr):
+    if EVEN_L:
+        tl.store(ptr + offs, x)
+        tl.store(ptr + L + offs, y)
+        tl.store(ptr + 2 * L + offs, z)
+    else:
+        inside = offs < L
+        tl.store(ptr + offs, x, mask=inside)
+        tl.store(ptr + L + offs, y, mask=inside)
+        tl.store(ptr + 2 * L + offs, z, mask=inside)
+
+
+@triton.jit
+def _load_row(ptr, offs, L, other, EVEN_L: tl.constexpr):
+    if EVEN_L:
+        return tl.load(ptr + offs)
+    else:
+        return tl.load(ptr + offs, mask=offs < L, other=other)
+
+
+@triton.jit
+def _key_bias(bias_row, offs_k, L, HAS_MASK: tl.constexpr, EVEN_L: tl.constexpr):
+    """0 for a key that may be attended, -inf for a masked key or one past the end."""
+    if HAS_MASK:
+        bias = _load_row(bias_row, offs_k, L, float("-inf"), EVEN_L)
+    else:
+        bias = tl.where(offs_k < L, 0.0, float("-inf"))
+    return bias
+
+
+@triton.jit
+def _pair_terms(ax, ay, az, kx, ky, kz, px, py, pz, rx, ry, rz):
+    """Rotation dot product, distance difference and norm for broadcast query/key operands.
+
+    Query operands (a = folded q_r, p = q_d) and key operands (k = k_r, r = k_d) arrive
+    already shaped as a row and a column, so the same code serves both tile layouts.
+    Returns dot = a·k, the difference d = p − r and n = ‖d‖.
+    """
+    dot = ax * kx + ay * ky + az * kz
+    dx = px - rx
+    dy = py - ry
+    dz = pz - rz
+    n = tl.sqrt(dx * dx + dy * dy + dz * dz)
+    return dot, dx, dy, dz, n
+
+
+# ----------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_kernel(
+    QR, KR, QD, KD, V, W, BIAS, O, LSE,
+    H, L,
+    HAS_MASK: tl.constexpr, EVEN_L: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Forward pass: one program per (head b·h, block of BLOCK_Q queries), streaming keys.
+
+    Math (base 2; a = folded q_r, c = W[h], bias = 0 or −inf per key):
+
+        S[j,i] = a[i]·k_r[j] − c·‖q_d[i] − k_d[j]‖ + bias[j]          tile [BLOCK_K, BLOCK_Q]
+        m_i ← max(m_i, max_j S),  l_i ← l_i·2^(m_old − m_i) + Σ_j 2^(S − m_i)
+        o_i ← o_i·2^(m_old − m_i) + Σ_j 2^(S − m_i)·v[j]               (online softmax)
+        O[i] = o_i / l_i,   LSE[i] = m_i + log2(l_i)    (O = 0, LSE = +inf when l_i = 0)
+
+    Memory traffic per launch (fp32 planes, Q = BLOCK_Q): reads 24·B·H·L bytes of queries
+    and B·H·L·⌈L/Q⌉·(36 + 4·HAS_MASK) bytes of keys and values (k_r, k_d, v and the bias
+    row, once per query block, mostly from L2); writes 12·B·H·L bytes of O and 4·B·H·L of
+    LSE. Work is B·H·L² pairs of about 25 FP32 instructions: compute-bound for L ≳ 64.
+    """
+    bh = tl.program_id(0)
+    qb = tl.program_id(1)
+    base = bh.to(tl.int64) * 3 * L
+    c = tl.load(W + bh % H)
+    bias_row = BIAS + (bh // H).to(tl.int64) * L
+
+    offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    ax, ay, az = _load3(QR + base, offs_q, L, EVEN_L)
+    px, py, pz = _load3(QD + base, offs_q, L, EVEN_L)
+    ax, ay, az = ax[None, :], ay[None, :], az[None, :]
+    px, py, pz = px[None, :], py[None, :], pz[None, :]
+
+    m = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_Q], tl.float32)
+    ox = tl.zeros([BLOCK_Q], tl.float32)
+    oy = tl.zeros([BLOCK_Q], tl.float32)
+    oz = tl.zeros([BLOCK_Q], tl.float32)
+    for start in range(0, L, BLOCK_K):
+        offs_k = start + tl.arange(0, BLOCK_K)
+        kx, ky, kz = _load3(KR + base, offs_k, L, EVEN_L)
+        rx, ry, rz = _load3(KD + base, offs_k, L, EVEN_L)
+        vx, vy, vz = _load3(V + base, offs_k, L, EVEN_L)
+        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx[:, None], ky[:, None], kz[:, None],
+                                         px, py, pz, rx[:, None], ry[:, None], rz[:, None])
+        s = dot - c * n
+        if HAS_MASK or not EVEN_L:
+            s += _key_bias(bias_row, offs_k, L, HAS_MASK, EVEN_L)[:, None]
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        # A row that has seen no key yet keeps m = -inf; subtract 0 instead (no inf - inf).
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_ref)
+        p = tl.exp2(s - m_ref[None, :])
+        l = l * alpha + tl.sum(p, axis=0)
+        ox = ox * alpha + tl.sum(p * vx[:, None], axis=0)
+        oy = oy * alpha + tl.sum(p * vy[:, None], axis=0)
+        oz = oz * alpha + tl.sum(p * vz[:, None], axis=0)
+        m = m_new
+
+    has_key = l > 0.0
+    inv_l = tl.where(has_key, 1.0 / tl.where(has_key, l, 1.0), 0.0)
+    _store3(O + base, offs_q, L, ox * inv_l, oy * inv_l, oz * inv_l, EVEN_L)
+    lse = tl.where(has_key, m + tl.log2(tl.where(has_key, l, 1.0)), float("inf"))
+    tl.store(LSE + bh.to(tl.int64) * L + offs_q, lse, mask=offs_q < L)
+
+
+# ----------------------------------------------------------------------------------------
+# Backward: dK, dV (one program per key block) and dQ (one program per query block)
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    QR, KR, QD, KD, V, W, BIAS, LSE, DELTA, DO, DKR, DKD, DV,
+    H, L,
+    HAS_MASK: tl.constexpr, EVEN_L: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Backward for keys and values: one program per (b·h, block of BLOCK_K keys), streaming queries.
+
+    Recomputes P from the stored log-sum-exp, then (tile [BLOCK_Q, BLOCK_K], reduced over
+    the queries on axis 0; G = ∂loss/∂O, Δ[i] = G[i]·O[i], u = (q_d[i] − k_d[j])/‖·‖, 0 at 0):
+
+        P[i,j]  = 2^(S[i,j] − LSE[i])
+        dV[j]   = Σ_i P[i,j] · G[i]
+        dS[i,j] = P[i,j] · (G[i]·v[j] − Δ[i])                 (∂loss/∂(S·ln 2))
+        dK_r[j] = ln2 · Σ_i dS[i,j] · a[i]
+        dK_d[j] = ln2 · c · Σ_i dS[i,j] · u[i,j]
+
+    Memory traffic per launch (K = BLOCK_K): reads 36·B·H·L bytes of keys/values (+4 of bias)
+    and B·H·L·⌈L/K⌉·44 bytes of queries, G, LSE and Δ; writes 36·B·H·L bytes (dK_r, dK_d, dV).
+    """
+    bh = tl.program_id(0)
+    kb = tl.program_id(1)
+    base = bh.to(tl.int64) * 3 * L
+    row = bh.to(tl.int64) * L
+    c = tl.load(W + bh % H)
+
+    offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    kx, ky, kz = _load3(KR + base, offs_k, L, EVEN_L)
+    rx, ry, rz = _load3(KD + base, offs_k, L, EVEN_L)
+    vx, vy, vz = _load3(V + base, offs_k, L, EVEN_L)
+    kx, ky, kz = kx[None, :], ky[None, :], kz[None, :]
+    rx, ry, rz = rx[None, :], ry[None, :], rz[None, :]
+    vx, vy, vz = vx[None, :], vy[None, :], vz[None, :]
+    if HAS_MASK or not EVEN_L:
+        bias = _key_bias(BIAS + (bh // H).to(tl.int64) * L, offs_k, L, HAS_MASK, EVEN_L)[None, :]
+
+    dkx = tl.zeros([BLOCK_K], tl.float32)
+    dky = tl.zeros([BLOCK_K], tl.float32)
+    dkz = tl.zeros([BLOCK_K], tl.float32)
+    drx = tl.zeros([BLOCK_K], tl.float32)
+    dry = tl.zeros([BLOCK_K], tl.float32)
+    drz = tl.zeros([BLOCK_K], tl.float32)
+    dvx = tl.zeros([BLOCK_K], tl.float32)
+    dvy = tl.zeros([BLOCK_K], tl.float32)
+    dvz = tl.zeros([BLOCK_K], tl.float32)
+    for start in range(0, L, BLOCK_Q):
+        offs_q = start + tl.arange(0, BLOCK_Q)
+        ax, ay, az = _load3(QR + base, offs_q, L, EVEN_L)
+        px, py, pz = _load3(QD + base, offs_q, L, EVEN_L)
+        gx, gy, gz = _load3(DO + base, offs_q, L, EVEN_L)
+        lse = _load_row(LSE + row, offs_q, L, float("inf"), EVEN_L)  # +inf: P = 0 past the end
+        delta = _load_row(DELTA + row, offs_q, L, 0.0, EVEN_L)
+        ax, ay, az = ax[:, None], ay[:, None], az[:, None]
+        gx, gy, gz = gx[:, None], gy[:, None], gz[:, None]
+        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx, ky, kz,
+                                         px[:, None], py[:, None], pz[:, None], rx, ry, rz)
+        s = dot - c * n
+        if HAS_MASK or not EVEN_L:
+            s += bias
+        p = tl.exp2(s - lse[:, None])
+        dvx += tl.sum(p * gx, axis=0)
+        dvy += tl.sum(p * gy, axis=0)
+        dvz += tl.sum(p * gz, axis=0)
+        ds = p * (gx * vx + gy * vy + gz * vz - delta[:, None])
+        dkx += tl.sum(ds * ax, axis=0)
+        dky += tl.sum(ds * ay, axis=0)
+        dkz += tl.sum(ds * az, axis=0)
+        du = tl.where(n > 0.0, ds / tl.where(n > 0.0, n, 1.0), 0.0)  # the norm's gradient is 0 at 0
+        drx += tl.sum(du * dx, axis=0)
+        dry += tl.sum(du * dy, axis=0)
+        drz += tl.sum(du * dz, axis=0)
+
+    _store3(DKR + base, offs_k, L, dkx * _LN2, dky * _LN2, dkz * _LN2, EVEN_L)
+    cl = c * _LN2
+    _store3(DKD + base, offs_k, L, drx * cl, dry * cl, drz * cl, EVEN_L)
+    _store3(DV + base, offs_k, L, dvx, dvy, dvz, EVEN_L)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    QR, KR, QD, KD, V, W, BIAS, LSE, DELTA, DO, DQR, DQD, DW,
+    H, L,
+    HAS_MASK: tl.constexpr, EVEN_L: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Backward for queries and the distance weight: one program per (b·h, query block).
+
+    Recomputes P and dS as ``_bwd_dkdv_kernel`` does (tile [BLOCK_K, BLOCK_Q], reduced over
+    the keys on axis 0) and accumulates
+
+        dQ_r[i] = ln2 · Σ_j dS[i,j] · k_r[j]
+        dQ_d[i] = −ln2 · c · Σ_j dS[i,j] · u[i,j]
+        DW[i]   = −ln2 · Σ_j dS[i,j] · ‖q_d[i] − k_d[j]‖      (∂loss/∂c = Σ_{b,i} DW)
+
+    Memory traffic per launch (Q = BLOCK_Q): reads 44·B·H·L bytes of queries, G, LSE, Δ
+    and B·H·L·⌈L/Q⌉·(36 + 4·HAS_MASK) bytes of keys and values; writes 28·B·H·L bytes.
+    """
+    bh = tl.program_id(0)
+    qb = tl.program_id(1)
+    base = bh.to(tl.int64) * 3 * L
+    row = bh.to(tl.int64) * L
+    c = tl.load(W + bh % H)
+    bias_row = BIAS + (bh // H).to(tl.int64) * L
+
+    offs_q = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    ax, ay, az = _load3(QR + base, offs_q, L, EVEN_L)
+    px, py, pz = _load3(QD + base, offs_q, L, EVEN_L)
+    gx, gy, gz = _load3(DO + base, offs_q, L, EVEN_L)
+    lse = _load_row(LSE + row, offs_q, L, float("inf"), EVEN_L)[None, :]
+    delta = _load_row(DELTA + row, offs_q, L, 0.0, EVEN_L)[None, :]
+    ax, ay, az = ax[None, :], ay[None, :], az[None, :]
+    px, py, pz = px[None, :], py[None, :], pz[None, :]
+    gx, gy, gz = gx[None, :], gy[None, :], gz[None, :]
+
+    dax = tl.zeros([BLOCK_Q], tl.float32)
+    day = tl.zeros([BLOCK_Q], tl.float32)
+    daz = tl.zeros([BLOCK_Q], tl.float32)
+    dpx = tl.zeros([BLOCK_Q], tl.float32)
+    dpy = tl.zeros([BLOCK_Q], tl.float32)
+    dpz = tl.zeros([BLOCK_Q], tl.float32)
+    dw = tl.zeros([BLOCK_Q], tl.float32)
+    for start in range(0, L, BLOCK_K):
+        offs_k = start + tl.arange(0, BLOCK_K)
+        kx, ky, kz = _load3(KR + base, offs_k, L, EVEN_L)
+        rx, ry, rz = _load3(KD + base, offs_k, L, EVEN_L)
+        vx, vy, vz = _load3(V + base, offs_k, L, EVEN_L)
+        kx, ky, kz = kx[:, None], ky[:, None], kz[:, None]
+        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx, ky, kz,
+                                         px, py, pz, rx[:, None], ry[:, None], rz[:, None])
+        s = dot - c * n
+        if HAS_MASK or not EVEN_L:
+            s += _key_bias(bias_row, offs_k, L, HAS_MASK, EVEN_L)[:, None]
+        p = tl.exp2(s - lse)
+        ds = p * (gx * vx[:, None] + gy * vy[:, None] + gz * vz[:, None] - delta)
+        dax += tl.sum(ds * kx, axis=0)
+        day += tl.sum(ds * ky, axis=0)
+        daz += tl.sum(ds * kz, axis=0)
+        du = tl.where(n > 0.0, ds / tl.where(n > 0.0, n, 1.0), 0.0)
+        dpx += tl.sum(du * dx, axis=0)
+        dpy += tl.sum(du * dy, axis=0)
+        dpz += tl.sum(du * dz, axis=0)
+        dw += tl.sum(ds * n, axis=0)
+
+    _store3(DQR + base, offs_q, L, dax * _LN2, day * _LN2, daz * _LN2, EVEN_L)
+    cl = -c * _LN2
+    _store3(DQD + base, offs_q, L, dpx * cl, dpy * cl, dpz * cl, EVEN_L)
+    tl.store(DW + row + offs_q, dw * -_LN2, mask=offs_q < L)
+
+
+KERNELS = (_fwd_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
+"""The raw ``@triton.jit`` kernels (before autotuning), e.g. for offline compilation."""
+
+_CONSTEXPRS = ("HAS_MASK", "EVEN_L", "BLOCK_Q", "BLOCK_K")
+_INTS = ("H", "L")
+
+
+def compile_signatures(block_q: int = 64, block_k: int = 64, has_mask: bool = True, even_l: bool = False):
+    """Everything ``triton.compile(ASTSource(...))`` needs for each kernel in ``KERNELS``.
+
+    Returns a list of dicts with ``kernel`` (the JITFunction), ``signature`` (argument name →
+    Triton type: every tensor is an fp32 plane ``*fp32``, sizes are ``i32``), ``constexprs``
+    and ``attrs`` (16-byte alignment of every pointer, as the launcher specializes torch
+    allocations). Only meaningful when the kernels were *not* decorated under TRITON_INTERPRET.
+    """
+    constexprs = {"HAS_MASK": bool(has_mask), "EVEN_L": bool(even_l), "BLOCK_Q": int(block_q), "BLOCK_K": int(block_k)}
+    out = []
+    for kernel in KERNELS:
+        names = kernel.arg_names
+        signature = {n: "constexpr" if n in _CONSTEXPRS else "i32" if n in _INTS else "*fp32" for n in names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] == "*fp32"}
+        out.append({"kernel": kernel, "signature": signature, "constexprs": dict(constexprs), "attrs": attrs})
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Launch configuration: autotuned on a GPU, a single cheap config under the interpreter
+# ----------------------------------------------------------------------------------------
+
+if INTERPRETED:
+    # The interpreter runs each block iteration as numpy calls (milliseconds each): one
+    # config, no benchmarking, and blocks large enough to keep iterations few.
+    _CONFIGS = [triton.Config({"BLOCK_Q": 32, "BLOCK_K": 32}, num_warps=1, num_stages=1)]
+else:
+    _CONFIGS = [
+        triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bq, bk, w, s in (
+            (32, 32, 2, 2),
+            (64, 32, 4, 2),
+            (64, 64, 4, 2),
+            (128, 32, 4, 2),
+            (128, 64, 4, 2),
+            (128, 64, 8, 2),
+            (128, 128, 8, 2),
+            (256, 32, 8, 2),
+            (256, 64, 8, 2),
+        )
+    ]
+
+_even = triton.heuristics({"EVEN_L": lambda a: a["L"] % a["BLOCK_Q"] == 0 and a["L"] % a["BLOCK_K"] == 0})
+_fwd_heur, _dkdv_heur, _dq_heur = (_even(k) for k in KERNELS)
+_fwd_tuned, _dkdv_tuned, _dq_tuned = (
+    triton.autotune(configs=_CONFIGS, key=["L", "HAS_MASK"])(k) for k in (_fwd_heur, _dkdv_heur, _dq_heur)
+)
+# Fused multiply-adds on (Triton 3.9 warns when this is left implicit); ignored by the interpreter.
+_LAUNCH = {"enable_fp_fusion": True}
+
+
+def _launch(tuned, heur, grid_axis, bh, length, block_size, args):
+    """Launch ``tuned`` (autotuned) or, with an explicit ``block_size``, ``heur`` directly."""
+    if block_size is None:
+        grid = lambda meta: (bh, triton.cdiv(length, meta[grid_axis]))  # noqa: E731
+        tuned[grid](*args, **_LAUNCH)
+    else:
+        grid = (bh, triton.cdiv(length, block_size))
+        heur[grid](*args, BLOCK_Q=block_size, BLOCK_K=block_size, num_warps=4, num_stages=2, **_LAUNCH)
+
+
+class _GeometricAttentionFn(torch.autograd.Function):
+    """Autograd wrapper over the planes: inputs (B·H, 3, L) fp32, c (H,), bias (B, L) or None."""
+
+    @staticmethod
+    def forward(ctx, qr, kr, qd, kd, v, c, bias, n_heads, block_size):
+        bh, _, length = qr.shape
+        o = torch.empty_like(v)
+        lse = torch.empty(bh, length, device=v.device, dtype=torch.float32)
+        has_mask = bias is not None
+        bias_arg = bias if has_mask else lse  # never read without a mask
+        _launch(_fwd_tuned, _fwd_heur, "BLOCK_Q", bh, length, block_size,
+                (qr, kr, qd, kd, v, c, bias_arg, o, lse, n_heads, length, has_mask))
+        ctx.save_for_backward(qr, kr, qd, kd, v, c, bias_arg, o, lse)
+        ctx.has_mask, ctx.n_heads, ctx.block_size = has_mask, n_heads, block_size
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qr, kr, qd, kd, v, c, bias, o, lse = ctx.saved_tensors
+        bh, _, length = qr.shape
+        do = do.contiguous().float()
+        delta = (do * o).sum(1)  # Δ[i] = G[i]·O[i] = Σ_j P[i,j] (G[i]·v[j]), (B·H, L)
+        dkr, dkd, dv, dqr, dqd = (torch.empty_like(qr) for _ in range(5))
+        dw = torch.empty_like(lse)
+        common = (qr, kr, qd, kd, v, c, bias, lse, delta, do)
+        tail = (ctx.n_heads, length, ctx.has_mask)
+        _launch(_dkdv_tuned, _dkdv_heur, "BLOCK_K", bh, length, ctx.block_size, common + (dkr, dkd, dv) + tail)
+        _launch(_dq_tuned, _dq_heur, "BLOCK_Q", bh, length, ctx.block_size, common + (dqr, dqd, dw) + tail)
+        dc = dw.view(-1, ctx.n_heads, length).sum((0, 2))
+        return dqr, dkr, dqd, dkd, dv, dc, None, None, None
+
+
+def _planes(x: Tensor) -> Tensor:
+    return rearrange(x.float(), "b l h c -> (b h) c l").contiguous()
+
+
+def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                               block_size=None):
+    """Geometric attention with the Triton kernels; the contract of ``geoattn.geometric_attention``.
+
+    Called by the dispatcher after input validation. Inputs must be CUDA tensors, or CPU
+    tensors when ``TRITON_INTERPRET=1`` was set before this module was imported (Triton's
+    interpreter: correct but slow). ``block_size`` (a power of two ≥ 16) fixes BLOCK_Q =
+    BLOCK_K and skips autotuning. Math in fp32; the output has ``v``'s dtype (fp64 inputs
+    are computed in fp32). Differentiable in all seven tensor inputs.
+    """
+    if not q_rot.is_cuda and not INTERPRETED:
+        env = os.environ.get("TRITON_INTERPRET")
+        late = " (it is set now, but only after geoattn.triton_kernels was imported)" if env else ""
+        raise ValueError(
+            "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run Triton's interpreter on the CPU; "
+            f"q_rot is on {q_rot.device}{late}. Set TRITON_INTERPRET=1 before importing triton, "
+            "or use impl='chunked'."
+        )
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
+        or block_size & (block_size - 1)
+    ):
+        raise ValueError(f"block_size must be a power of two >= 16; got {block_size!r}")
+    b, length, h, _ = q_rot.shape
+    if v.numel() == 0:
+        return v.clone()
+    a = q_rot.float() * (rot_weight.float() * _SCALE)[:, None]  # the rotation term scales only q_rot
+    c = (dist_weight.float() * _SCALE).contiguous()
+    bias = None
+    if key_mask is not None:
+        bias = torch.zeros(b, length, device=v.device, dtype=torch.float32).masked_fill(~key_mask, float("-inf"))
+    o = _GeometricAttentionFn.apply(
+        _planes(a), _planes(k_rot), _planes(q_dist), _planes(k_dist), _planes(v), c, bias, h, block_size
+    )
+    return rearrange(o, "(b h) c l -> b l h c", b=b).to(v.dtype)
