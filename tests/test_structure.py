@@ -212,3 +212,24 @@ def test_ca_contact_map():
         ca_contact_map(bb, 0.0)
     with pytest.raises(ValueError, match="backbone"):
         ca_distances(torch.zeros(3))
+
+
+def test_plot_backbone_frames_draws_the_trace_and_three_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geoattn.plotting import plot_backbone_frames
+
+    bb = ubiquitin()
+    ax = plot_backbone_frames(bb, residues=[0, 10, 20], axis_length=2.0)
+    try:
+        assert len(ax.lines) == 1 and len(ax.lines[0].get_data_3d()[0]) == 76  # the whole trace
+        arrows = ax.collections
+        assert len(arrows) == 3  # x, y and z quivers
+        assert [c.get_label() for c in arrows] == ["x axis", "y axis", "z axis"]
+        with pytest.raises(ValueError, match="together"):
+            plot_backbone_frames(bb, rotations=bb.frames()[0])
+    finally:
+        plt.close("all")

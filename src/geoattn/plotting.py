@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["attention_heatmap", "Table", "fmt"]
+__all__ = ["attention_heatmap", "Table", "fmt", "plot_backbone_frames"]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -91,4 +91,44 @@ def attention_heatmap(weights, query_labels: Sequence[str], key_labels: Sequence
         ax.set_title(title)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def plot_backbone_frames(backbone, rotations=None, translations=None, *, residues=None,
+                         axis_length: float = 2.0, ax=None, title: str | None = None):
+    """Draw a backbone's CA trace in 3-D with each residue's frame axes: x red, y green,
+    z blue, as arrows of ``axis_length`` Å from CA. Returns the matplotlib 3-D Axes.
+
+    ``backbone`` is a :class:`geoattn.Backbone`; the frames default to ``backbone.frames()``.
+    ``residues`` (indices) limits which frames are drawn; the trace is always complete.
+    """
+    import matplotlib.pyplot as plt
+
+    if rotations is None or translations is None:
+        if rotations is not None or translations is not None:
+            raise ValueError("rotations and translations must be given together (or neither)")
+        rotations, translations = backbone.frames()
+    ca = backbone.ca.detach().cpu().double()
+    r = torch.as_tensor(rotations).detach().cpu().double()
+    t = torch.as_tensor(translations).detach().cpu().double()
+    if r.shape != (len(ca), 3, 3) or t.shape != (len(ca), 3):
+        raise ValueError(f"rotations/translations must have shapes ({len(ca)}, 3, 3)/({len(ca)}, 3), "
+                         f"got {tuple(r.shape)}/{tuple(t.shape)}")
+    idx = torch.arange(len(ca)) if residues is None else torch.as_tensor(list(residues), dtype=torch.long)
+    if ax is None:
+        ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
+    ax.plot(*ca.T.numpy(), color="0.45", lw=1.2, marker="o", ms=2.5, label="Cα trace")
+    for k, (color, name) in enumerate(zip(("tab:red", "tab:green", "tab:blue"), "xyz")):
+        # Column k of R is the frame's k-th axis in global coordinates.
+        d = r[idx, :, k] * axis_length
+        ax.quiver(*t[idx].T.numpy(), *d.T.numpy(), color=color, lw=1.5, label=f"{name} axis")
+    # Equal scales on the three axes, so right angles look right.
+    lo, hi = ca.min(0).values, ca.max(0).values
+    mid, half = ((lo + hi) / 2).tolist(), (hi - lo).max().item() / 2 + axis_length
+    ax.set(xlim=(mid[0] - half, mid[0] + half), ylim=(mid[1] - half, mid[1] + half),
+           zlim=(mid[2] - half, mid[2] + half), xlabel="x (Å)", ylabel="y (Å)", zlabel="z (Å)")
+    ax.set_box_aspect((1, 1, 1))
+    ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title)
     return ax
