@@ -107,25 +107,25 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, compute):
+def geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, *, compute_dtype=None):
+    """The scores A of lines 7-9, before the softmax: shape (B, H, L, L).
+
+    A[b,h,i,j] = w_r[h]·(q_r[b,i,h]·k_r[b,j,h])/√3 − w_d[h]·‖q_d[b,i,h] − k_d[b,j,h]‖₂/√3
+
+    Computed in ``compute_dtype``: by default fp32, or fp64 for fp64 input.
+    """
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight)
+    compute = compute_dtype or _compute_dtype(q_rot)
     qr, kr, qd, kd = (t.to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))  # (B, H, L, 3)
     w_r = rot_weight.to(compute)[None, :, None, None]
     w_d = dist_weight.to(compute)[None, :, None, None]
     # line 7: R[i,j,h] = q_r[i,h] · k_r[j,h] / √3
     rot = qr @ kr.transpose(-1, -2) / math.sqrt(3.0)  # (B, H, L, L)
     # line 8 (corrected): D[i,j,h] = ‖q_d[i,h] − k_d[j,h]‖₂ / √3, from the *distance* vectors
-    dist = safe_norm(qd[:, :, :, None, :] - kd[:, :, None, :, :]) / math.sqrt(3.0)  # (B, H, L, L, 3) -> (B, H, L, L)
+    diff = qd[:, :, :, None, :] - kd[:, :, None, :, :]  # (B, H, L, L, 3), as ESM materializes it
+    dist = safe_norm(diff) / math.sqrt(3.0)  # (B, H, L, L)
     # line 9: A = softplus(w̄_r) R − softplus(w̄_d) D  (the weights arrive already through softplus)
     return w_r * rot - w_d * dist
-
-
-def geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight):
-    """The scores A of lines 7-9, before the softmax: shape (B, H, L, L), in fp32 (fp64 for fp64 input).
-
-    A[b,h,i,j] = w_r[h]·(q_r[b,i,h]·k_r[b,j,h])/√3 − w_d[h]·‖q_d[b,i,h] − k_d[b,j,h]‖₂/√3
-    """
-    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight)
-    return _logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, _compute_dtype(q_rot))
 
 
 def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask=None):
@@ -134,7 +134,7 @@ def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_w
     Masked keys (``key_mask`` False) get weight 0; a row with no key left is all zeros.
     """
     check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, key_mask)
-    logits = _logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, _compute_dtype(q_rot))
+    logits = geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight)  # lines 7-9
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return softmax(logits, dim=-1, mask=mask)  # line 10
 
@@ -143,7 +143,7 @@ def _naive(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask):
     compute = _compute_dtype(v)
     if q_rot.shape[1] == 0:  # no residues: nothing to attend, nothing to return
         return torch.zeros_like(v)
-    logits = _logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, compute)  # lines 7-9
+    logits = geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, compute_dtype=compute)
     attn = softmax(logits, dim=-1, mask=None if key_mask is None else key_mask[:, None, None, :])  # line 10
     out = attn @ v.to(compute).transpose(1, 2)  # line 12: O = A · V, (B, H, L, 3)
     return out.transpose(1, 2).to(v.dtype)
