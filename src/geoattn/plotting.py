@@ -1,11 +1,12 @@
 """Figures and tables that several chapters draw: an annotated attention heatmap, and a
-small table that prints as fixed-width text and renders as Markdown.
+small table that prints as fixed-width text and renders as HTML.
 
 The table prints its numbers as text on purpose: nbval compares a cell's text output, so
 a number in a printed table is checked on every CI run, while a rendered image is not.
 """
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
 import torch
@@ -32,7 +33,7 @@ class Table:
     """A table of already-formatted cells (other values go through :func:`fmt`).
 
     ``print(table)`` or the notebook's text output gives aligned columns, which nbval
-    compares; Jupyter Book renders the Markdown version.
+    compares; Jupyter Book renders the HTML version.
     """
 
     def __init__(self, header: Sequence[str], rows: Sequence[Sequence], *, digits: int = 3):
@@ -49,13 +50,13 @@ class Table:
 
     __repr__ = __str__
 
-    def _repr_markdown_(self) -> str:
-        # Pipes inside a cell would split it; none of our cells need one, so escape them.
-        esc = lambda c: c.replace("|", "\\|")  # noqa: E731
-        lines = ["| " + " | ".join(map(esc, self.header)) + " |",
-                 "|" + "|".join("---" for _ in self.header) + "|"]
-        lines += ["| " + " | ".join(map(esc, row)) + " |" for row in self.rows]
-        return "\n".join(lines)
+    def _repr_html_(self) -> str:
+        # HTML rather than Markdown: the book renders notebook Markdown output as
+        # CommonMark, which has no tables.
+        esc = lambda c: html.escape(c, quote=False)  # noqa: E731
+        head = "".join(f"<th>{esc(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def attention_heatmap(weights, query_labels: Sequence[str], key_labels: Sequence[str] | None = None, *,
