@@ -82,6 +82,38 @@ def test_default_impl_matches_naive():
     torch.testing.assert_close(auto(x, rot, trans, mask), layer(x, rot, trans, mask), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "triton"])  # Triton runs in its interpreter without a GPU
+def test_every_impl_gives_the_naive_output_and_gradients(impl):
+    layer = make_layer(9, dtype=torch.float32)
+    x, rot, trans = make_inputs(9, length=7, dtype=torch.float32)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    results = []
+    for name in ("naive", impl):
+        layer.impl = name
+        layer.zero_grad()
+        xx, tt = x.clone().requires_grad_(), trans.clone().requires_grad_()
+        out = layer(xx, rot, tt, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xx.grad, tt.grad, layer.proj.weight.grad.clone(), layer.dist_scale.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_on_cuda_matches_the_cpu(dtype):
+    layer = make_layer(10, dtype=torch.float32)
+    x, rot, trans = make_inputs(10, length=33, dtype=torch.float32)
+    with torch.no_grad():
+        ref = layer(x, rot, trans)
+        gpu = layer.to("cuda", dtype)
+        gpu.impl = "auto"  # Triton on CUDA
+        out = gpu(*(t.to("cuda", dtype) for t in (x, rot, trans)))
+    assert out.dtype == dtype
+    tol = 2e-3 if dtype == torch.float32 else 0.1  # fp32: tl.dot may round its inputs to TF32 on CUDA
+    torch.testing.assert_close(out.float().cpu(), ref, atol=tol, rtol=tol)
+
+
 def _move_globally(rot, trans, seed):
     g = torch.Generator().manual_seed(seed + 1)
     glob = random_rotation(generator=g, dtype=rot.dtype)
