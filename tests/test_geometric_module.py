@@ -274,3 +274,11 @@ def test_forward_errors_name_the_argument(label):
 
 def test_exported_at_top_level():
     assert geoattn.GeometricSelfAttention is GeometricSelfAttention
+
+
+def test_impl_can_be_changed_but_only_to_a_known_one():
+    layer = GeometricSelfAttention(8, 2)
+    layer.impl = "naive"
+    assert layer.impl == "naive" and "impl='naive'" in repr(layer)
+    with pytest.raises(ValueError, match="impl"):
+        layer.impl = "flash"

@@ -1,5 +1,5 @@
-"""ESM3's geometric attention (Algorithm 6 of :cite:`hayes2025esm3`): the functional core,
-its dispatcher, and the layer.
+"""ESM3's geometric attention (Algorithm 6 of the ESM3 paper, Hayes et al. 2025): the
+functional core, its dispatcher, and the layer.
 
 The functional core takes the five vector sets already in the global frame (Algorithm 6
 after lines 3-6 and 11) and computes, per batch b and head h,
@@ -239,8 +239,10 @@ class GeometricSelfAttention(nn.Module):
       (ESM's ``num_vector_messages``; ESM calls the number of heads ``v_heads``).
     - ``bias``: ESM uses ``bias=False`` for the projections and the LayerNorm.
 
-    ``GeometricSelfAttention(d, h, pre_layernorm=True, bias=False)`` is ESM's layer, except that
-    ESM returns Linear(O) and its transformer block adds the residual x.
+    ``GeometricSelfAttention(d, h, pre_layernorm=True, bias=False)`` computes ESM's layer, except
+    that ESM returns Linear(O) (its transformer block adds the residual x), adds a sequence-id
+    bias and masks other chains (here: pass ``mask``), and orders the projection's outputs
+    differently (q_r, k_r, v, q_d, k_d), so its weights need reordering to be loaded here.
 
     ``impl`` picks the implementation of lines 7-12 (see :func:`geometric_attention`);
     ``attention_weights`` always uses the naive path. The per-head weights start at
@@ -254,9 +256,8 @@ class GeometricSelfAttention(nn.Module):
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("num_vector_messages", num_vector_messages)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-        self.d_model, self.n_heads, self.num_vector_messages, self.impl = d_model, n_heads, num_vector_messages, impl
+        self.d_model, self.n_heads, self.num_vector_messages = d_model, n_heads, num_vector_messages
+        self.impl = impl
         self.norm = nn.LayerNorm(d_model, bias=bias) if pre_layernorm else nn.Identity()
         # 4 query/key vector sets per head + m value vectors per head, 3 coordinates each
         self.proj = nn.Linear(d_model, (4 + num_vector_messages) * n_heads * 3, bias=bias)
@@ -264,6 +265,17 @@ class GeometricSelfAttention(nn.Module):
         # Raw per-head weights w̄_r, w̄_d; zeros give softplus(0) = ln 2, ESM's start.
         self.rot_scale = nn.Parameter(torch.zeros(n_heads))
         self.dist_scale = nn.Parameter(torch.zeros(n_heads))
+
+    @property
+    def impl(self) -> str:
+        """Which implementation runs lines 7-12: one of ``IMPLS``; it may be changed at any time."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}; got {value!r}")
+        self._impl = value
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, "
