@@ -296,3 +296,42 @@ def test_no_javascript_errors(visits, page_name):
 def test_screenshot_was_taken(visits):
     _result(visits, CHAPTERS[0])
     assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 20_000, f"no usable screenshot at {SCREENSHOT}"
+
+
+# ------------------------------------------------------- publishing (no browser needed)
+
+def _workflow() -> dict:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+
+
+def test_workflow_tests_builds_and_deploys_main_only():
+    wf = _workflow()
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as True
+    assert on["push"]["branches"] == ["main"] and "pull_request" in on
+    build, deploy = wf["jobs"]["build"], wf["jobs"]["deploy"]
+    runs = "\n".join(step.get("run", "") for step in build["steps"])
+    uses = [step.get("uses", "").split("@")[0] for step in build["steps"]]
+    python = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+    assert str(python["with"]["python-version"]) == "3.11"
+    assert "python -m pip install -r requirements.txt" in runs
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in runs
+    assert "python -m pytest" in runs
+    assert "jupyter-book build . -W -n --keep-going" in runs
+    assert runs.index("python -m pytest") < runs.index("jupyter-book build")
+    assert "chromium" in runs and build["env"]["GEOATTN_REQUIRE_BROWSER"] == "1"
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert uses.index("actions/upload-pages-artifact") > uses.index("actions/checkout")
+    assert deploy["needs"] == "build"
+    assert "refs/heads/main" in deploy["if"] and "push" in deploy["if"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert [s["uses"].split("@")[0] for s in deploy["steps"]] == ["actions/deploy-pages"]
+    assert deploy["environment"]["name"] == "github-pages"
+    assert "group" in wf["concurrency"] and "group" in deploy["concurrency"]
+
+
+def test_readme_links_the_workflow_badge_and_the_pages_site():
+    readme = (ROOT / "README.md").read_text()
+    owner, name = REPO.split("/")
+    assert f"https://github.com/{REPO}/actions/workflows/book.yml/badge.svg" in readme
+    assert f"https://{owner}.github.io/{name}/" in readme

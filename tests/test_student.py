@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -20,6 +21,9 @@ BOOK = ROOT / "book"
 ASSIGNMENTS = ROOT / "assignments"
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb"))
 REGENERATE = "python -m geoattn.student book/ assignments/"
+_REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+COLAB_ASSIGNMENTS = ("https://colab.research.google.com/github/" + _REPO.removeprefix("https://github.com/")
+                     + "/blob/main/assignments/")
 
 SOLUTION_START = re.compile(r"^\s*(`{3,}|:{3,})\{solution-start\}", re.M)
 SOLUTION_END = re.compile(r"^\s*(`{3,}|:{3,})\{solution-end\}", re.M)
@@ -346,3 +350,13 @@ def executed(generated, tmp_path_factory):
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_student_copy_runs_up_to_its_first_stub(executed, chapter):
     _assert_runs_up_to_the_first_stub(executed[chapter], chapter)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "book/intro.md"])
+def test_colab_links_to_every_student_copy(doc):
+    """README and the intro link each student copy on Colab, at the repository of _config.yml."""
+    text = (ROOT / doc).read_text()
+    linked = set(re.findall(re.escape(COLAB_ASSIGNMENTS) + r"([\w.-]+\.ipynb)", text))
+    assert linked == set(CHAPTERS), f"{doc} links {sorted(linked)} on Colab; the chapters are {CHAPTERS}"
+    for name in linked:
+        assert (ASSIGNMENTS / name).is_file(), f"{doc} links assignments/{name}, which is not committed"
