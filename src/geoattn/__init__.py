@@ -22,7 +22,9 @@ _MODULES = (
     "frames",
     "structure",
     "geometric",
+    "online_softmax",
     "chunked",
+    "memory",
     "notebook",
 )
 

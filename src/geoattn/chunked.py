@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .geometric import check_geometric_inputs
+from .online_softmax import online_softmax_init, online_softmax_result, online_softmax_update
 
 __all__ = ["chunked_geometric_attention", "DEFAULT_BLOCK_SIZE"]
 
@@ -81,28 +82,14 @@ def _block_scores(qr, qd, kr, kd, w_r, w_d, mask):
 def _forward(qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):
     """Online softmax over key blocks; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L)."""
     b, h, length, _ = qr.shape
-    m = qr.new_full((b, h, length), float("-inf"))  # running row maximum
-    l = qr.new_zeros((b, h, length))  # running sum of exp(S - m)
-    acc = qr.new_zeros((b, h, length, v.shape[-1]))  # running sum of exp(S - m) v
+    state = online_softmax_init((b, h, length), v.shape[-1], dtype=qr.dtype, device=qr.device)
     for j0 in range(0, length, block_size):
         blk = slice(j0, j0 + block_size)
         mask = None if key_mask is None else key_mask[:, None, None, blk]
         s, _, _ = _block_scores(qr, qd, kr[:, :, blk], kd[:, :, blk], w_r, w_d, mask)
-        m_new = torch.maximum(m, s.amax(dim=-1))
-        # A row whose keys were all masked so far has m_new = -inf; shifting by 0 there
-        # keeps exp(-inf) = 0 instead of exp(-inf + inf) = NaN.
-        shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        p = torch.exp(s - shift[..., None])
-        rescale = torch.exp(m - shift)  # e^{m - m'}: the old statistics in the new scale
-        l = l * rescale + p.sum(dim=-1)
-        acc = acc * rescale[..., None] + p @ v[:, :, blk]
-        m = m_new
-    has_key = l > 0
-    safe_l = torch.where(has_key, l, torch.ones_like(l))
-    out = acc / safe_l[..., None]  # a row with no key: acc = 0, so out = 0
-    # +inf for a row with no key makes the backward's P = exp(S - lse) exactly 0.
-    lse = torch.where(has_key, m + torch.log(safe_l), torch.full_like(l, float("inf")))
-    return out, lse
+        state = online_softmax_update(state, s, v[:, :, blk])  # (m, l, acc) <- this block's keys
+    # A row with no key: out = 0, and lse = +inf makes the backward's exp(S - lse) exactly 0.
+    return online_softmax_result(state)
 
 
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):

@@ -1,0 +1,87 @@
+"""Measuring memory deterministically: the bytes of the tensors an operation keeps alive.
+
+The operating system's view of memory (resident set size) depends on the allocator,
+the thread pool and whatever ran before; it is right for a benchmark but changes from
+run to run. For the book we want a number that is the same on every machine, so we
+count what the algorithm itself allocates: every tensor produced by a PyTorch operator,
+from its creation until it is freed (a tensor saved for the backward pass stays counted
+until autograd lets it go). Views share their base's storage and are counted once. Scratch
+space inside a single kernel is not visible at this level, and tensors that existed before
+the measurement started (the inputs) are not counted.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["LiveTensorBytes", "MemoryMeasurement", "peak_tensor_memory"]
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """A context manager that tracks the bytes of live tensor storages created inside it.
+
+    ``current`` is what is alive now; ``peak`` the largest value ``current`` reached.
+    Every operator output is seen here (this mode sits below autograd, so the backward
+    pass is seen too); a storage is released when the last tensor using it is freed.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._users: dict[int, int] = {}  # storage address -> number of live tensors on it
+        self._sizes: dict[int, int] = {}  # storage address -> bytes
+
+    def _release(self, key: int) -> None:
+        self._users[key] -= 1
+        if self._users[key] == 0:
+            del self._users[key]
+            self.current -= self._sizes.pop(key)
+
+    def _track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key, nbytes = storage.data_ptr(), storage.nbytes()
+        if nbytes == 0:
+            return
+        if key not in self._users:
+            self._users[key] = 0
+            self._sizes[key] = nbytes
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        self._users[key] += 1
+        weakref.finalize(t, self._release, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            # An in-place op returns its input; only storages born inside the mode count.
+            if isinstance(t, torch.Tensor) and not _is_input(t, args, kwargs):
+                self._track(t)
+        return out
+
+
+def _is_input(t: torch.Tensor, args, kwargs) -> bool:
+    return any(t is a for a in tree_leaves((args, kwargs or {})))
+
+
+class MemoryMeasurement(NamedTuple):
+    result: Any  # what the function returned
+    peak_bytes: int  # the most bytes of tensors alive at once while it ran
+    retained_bytes: int  # bytes still alive when it returned (its outputs, gradients, ...)
+
+
+def peak_tensor_memory(fn: Callable, *args, **kwargs) -> MemoryMeasurement:
+    """Run ``fn(*args, **kwargs)`` and return its result with the peak bytes of live tensors.
+
+    Deterministic: the same code on the same shapes gives the same number on every machine.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+    with LiveTensorBytes() as mode:
+        result = fn(*args, **kwargs)
+        retained = mode.current
+    return MemoryMeasurement(result, mode.peak, retained)

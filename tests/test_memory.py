@@ -1,0 +1,50 @@
+"""geoattn.memory counts the bytes of live tensors exactly and deterministically."""
+import pytest
+import torch
+
+import geoattn
+from geoattn.memory import peak_tensor_memory
+
+
+def test_counts_outputs_views_and_frees():
+    x = torch.randn(1000)  # created outside: not counted
+
+    def f():
+        y = x.exp()  # 4000 bytes
+        z = y * 2  # 4000 more: peak 8000
+        del y
+        return z.view(10, 100)  # a view shares z's storage
+
+    measured = peak_tensor_memory(f)
+    assert measured.peak_bytes == 8000
+    assert measured.retained_bytes == 4000
+    assert measured.result.shape == (10, 100)
+
+
+def test_tensors_saved_for_backward_stay_counted():
+    x = torch.randn(1000, requires_grad=True)
+
+    def f():
+        y = x.exp()  # exp saves its output for the backward pass
+        s = (y * 3).sum()
+        del y
+        return s
+
+    measured = peak_tensor_memory(f)
+    assert measured.retained_bytes == 4000 + 4  # y is still held by the graph, plus the scalar
+
+
+def test_chunked_uses_less_than_naive_and_is_deterministic():
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(1, 256, 2, 3, generator=gen) for _ in range(5)] + [torch.rand(2, generator=gen)] * 2
+    with torch.no_grad():
+        naive = [peak_tensor_memory(geoattn.geometric_attention, *inputs, impl="naive").peak_bytes for _ in range(2)]
+        chunked = peak_tensor_memory(geoattn.geometric_attention, *inputs, impl="chunked", block_size=16).peak_bytes
+    assert naive[0] == naive[1]
+    assert naive[0] >= 2 * 256 * 256 * 4 * 3  # at least the (L, L, 3) differences of both heads
+    assert chunked < naive[0] / 5
+
+
+def test_rejects_a_non_callable():
+    with pytest.raises(ValueError, match="fn"):
+        peak_tensor_memory(3)
