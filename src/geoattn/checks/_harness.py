@@ -54,6 +54,13 @@ def _compare(got: Any, expected: Any, case: Case) -> str | None:
             return f"expected a torch.Tensor, got {type(got).__name__}"
         if got.shape != expected.shape:
             return f"shape is {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if expected.dtype == torch.bool:
+            if got.dtype != torch.bool:
+                return f"expected a bool tensor, got dtype {got.dtype}"
+            wrong = int((got != expected).sum())
+            return f"{wrong} of {expected.numel()} entries are wrong" if wrong else None
+        if not got.is_floating_point() and expected.is_floating_point():
+            got = got.to(expected.dtype)
         if not torch.isfinite(got).all() and torch.isfinite(expected).all():
             return "the result contains NaN or inf"
         if not torch.allclose(got.to(expected.dtype), expected, atol=case.atol, rtol=case.rtol):
