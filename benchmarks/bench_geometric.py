@@ -1,0 +1,312 @@
+"""Benchmark geoattn.geometric_attention: time and peak memory of each implementation.
+
+Sweeps impl × L × H × pass ("fwd", "fwd+bwd") and writes one JSON file:
+{"device", "versions", "config", "memory_method", "note", "rows": [{impl, L, H, B, pass,
+median_ms, peak_mem_bytes, pairs_per_s, status}]}. ``pairs_per_s`` counts (query, key)
+pairs per second summed over batch and heads: B·H·L² / median time.
+
+Timing: median of at least ``--repeats`` runs (more, up to 50, until ``--min-time`` seconds
+were timed) after ``--warmup`` runs; CUDA events on a GPU,
+``time.perf_counter`` on the CPU. Peak memory:
+- GPU: ``torch.cuda.max_memory_allocated`` during one run, minus what was allocated before
+  it (the inputs).
+- CPU: PyTorch has no CPU peak counter, so every configuration runs in a fresh
+  subprocess. After imports, the inputs and a tiny warm-up call, the process resets its
+  peak resident set size (Linux ``/proc/self/clear_refs`` ← 5) and reads its RSS; after one
+  full-size run it reads the peak (``VmHWM``). The difference is the peak resident memory
+  the run added. Without ``clear_refs`` it falls back to ``ru_maxrss`` differences, which
+  can only under-count.
+An out-of-memory failure is recorded as status "oom", not raised.
+
+Examples:
+    python benchmarks/bench_geometric.py --out bench_cpu.json           # CPU: naive vs chunked
+    python benchmarks/bench_geometric.py --shape encoder --out enc.json  # ESM3 structure encoder
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    # ESM3-open layer 0: long sequences, one per batch, a sweep of lengths.
+    "sweep": {"L": [256, 512, 1024, 2048, 4096], "H": [8], "B": 1},
+    # ESM3's structure encoder: 4096 neighbourhoods of 16 residues, 128 heads.
+    "encoder": {"L": [16], "H": [128], "B": 4096},
+}
+PASSES = ("fwd", "fwd+bwd")
+
+
+def _versions() -> dict:
+    import torch
+
+    import geoattn
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
+            "geoattn": geoattn.__version__}
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*:\s*(.+)", f.read()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return f"cpu: {model}, {os.cpu_count()} logical cores"
+
+
+def _make_inputs(b, length, h, device, dtype, requires_grad):
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    vecs = [torch.randn(b, length, h, 3, generator=gen) for _ in range(5)]
+    vecs[2], vecs[3] = vecs[2] * 5, vecs[3] * 5  # distances of a few Å, like neighbouring residues
+    weights = [torch.rand(h, generator=gen) for _ in range(2)]
+    return [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (*vecs, *weights)]
+
+
+def _attention_fn(impl: str, block_size: int | None):
+    import torch
+
+    import geoattn
+
+    if impl == "compiled":  # torch.compile of the naive reference: what a compiler finds alone
+        return torch.compile(functools.partial(geoattn.geometric_attention, impl="naive"))
+    kwargs = {} if block_size is None or impl == "naive" else {"block_size": block_size}
+    return functools.partial(geoattn.geometric_attention, impl=impl, **kwargs)
+
+
+def _status_of(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    oom = ("out of memory", "can't allocate memory", "OutOfMemoryError", "MemoryError")
+    return "oom" if any(s in text for s in oom) else "error: " + text.splitlines()[0][:200]
+
+
+# --- CPU peak memory: the process's own resident set size -----------------------------
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
+    except (OSError, AttributeError):
+        return None
+
+
+def _reset_peak_rss() -> tuple[int, str]:
+    """Reset the peak RSS if the kernel lets us; return (baseline bytes, method)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_kb("VmRSS") * 1024, "VmHWM-after-clear_refs"
+    except (OSError, TypeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
+
+
+def _peak_rss(method: str) -> int:
+    if method == "ru_maxrss":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _proc_status_kb("VmHWM") * 1024
+
+
+# --- one configuration ----------------------------------------------------------------
+
+def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats=5, warmup=1,
+            block_size=None, min_time=1.0, threads=None) -> dict:
+    """Time and measure one configuration in this process; return one result row."""
+    import gc
+
+    import torch
+
+    row = {"impl": impl, "L": length, "H": h, "B": b, "pass": pass_, "median_ms": None,
+           "peak_mem_bytes": None, "pairs_per_s": None, "status": "ok"}
+    if threads:
+        torch.set_num_threads(threads)
+    dt = getattr(torch, dtype)
+    backward = pass_ == "fwd+bwd"
+    try:
+        fn = _attention_fn(impl, block_size)
+        inputs = _make_inputs(b, length, h, device, dt, backward)
+        d_out = torch.ones(b, length, h, 3, device=device, dtype=dt)
+
+        def step(inputs=inputs, d_out=d_out):
+            if backward:
+                for t in inputs:
+                    t.grad = None
+                fn(*inputs).backward(d_out)
+            else:
+                with torch.no_grad():
+                    fn(*inputs)
+
+        # A small call first, so that lazy imports, the intra-op thread pool (it starts only once
+        # an op is big enough to split) and compilation are not counted as the run's memory.
+        small = min(length, 64)
+        step(_make_inputs(1, small, h, device, dt, backward), torch.ones(1, small, h, 3, device=device, dtype=dt))
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            row["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
+        else:
+            base, method = _reset_peak_rss()
+            step()
+            row["peak_mem_bytes"] = max(0, _peak_rss(method) - base)
+        for _ in range(max(0, warmup - 1)):  # the memory run above was the first warm-up
+            step()
+        times = []
+        # At least `repeats` runs, and more (up to 50) until `min_time` seconds were timed: a
+        # median over many short runs resists the noise of a shared machine.
+        while len(times) < repeats or (sum(times) < min_time * 1e3 and len(times) < 50):
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - t0) * 1e3)
+        row["median_ms"] = statistics.median(times)
+        row["pairs_per_s"] = b * h * length**2 / (row["median_ms"] / 1e3)
+    except Exception as err:  # an OOM (or any failure) is a result, not a crash
+        row["status"] = _status_of(err)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _measure_in_subprocess(job: dict, timeout: float) -> dict:
+    """Run ``measure`` in a fresh interpreter so each CPU peak-RSS reading starts clean."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
+    failed = {"impl": job["impl"], "L": job["length"], "H": job["h"], "B": job["b"], "pass": job["pass_"],
+              "median_ms": None, "peak_mem_bytes": None, "pairs_per_s": None}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return failed | {"status": f"error: timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        # SIGKILL from the kernel's OOM killer is the usual reason a worker dies silently.
+        last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        status = "oom" if proc.returncode == -9 else f"error: worker exit {proc.returncode}: {last}"
+        return failed | {"status": status}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="sweep",
+                   help="preset of L, H and B; --L, --H and --B override it")
+    p.add_argument("--impl", nargs="+", help="implementations (default: naive chunked; on a GPU also "
+                                             "triton compiled)")
+    p.add_argument("--L", type=int, nargs="+", help="sequence lengths")
+    p.add_argument("--H", type=int, nargs="+", help="numbers of heads")
+    p.add_argument("--B", type=int, help="batch size")
+    p.add_argument("--pass", dest="passes", nargs="+", choices=PASSES, default=list(PASSES))
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (median reported)")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="keep timing (up to 50 runs) until this many seconds were timed")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (the first one measures memory)")
+    p.add_argument("--block-size", type=int, default=None, help="block size for chunked/triton")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 avoids oversubscribing a shared machine")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per CPU configuration")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
+    p.add_argument("--out", default="bench_geometric.json")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:  # a subprocess measuring one configuration
+        print(json.dumps(measure(**json.loads(args.worker))))
+        return {}
+    import torch
+    from tqdm import tqdm
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = SHAPES[args.shape]
+    lengths, heads = args.L or preset["L"], args.H or preset["H"]
+    batch = args.B or preset["B"]
+    impls = args.impl or (["naive", "chunked", "triton", "compiled"] if device == "cuda" else ["naive", "chunked"])
+    jobs = [dict(impl=i, length=n, h=h, b=batch, pass_=ps, device=device, dtype=args.dtype,
+                 repeats=args.repeats, warmup=args.warmup, block_size=args.block_size, min_time=args.min_time,
+                 threads=args.threads)
+            for h in heads for n in lengths for i in impls for ps in args.passes]
+    load_start = os.getloadavg()
+    rows = []
+    for job in tqdm(jobs, desc="geometric attention", unit="config"):
+        if device == "cpu":
+            row = _measure_in_subprocess(job, args.timeout)
+        else:
+            row = measure(**job)
+        rows.append(row)
+        tqdm.write(f"{row['impl']:>9} L={row['L']:<5} H={row['H']:<4} B={row['B']:<5} {row['pass']:<8} "
+                   + (f"{row['median_ms']:10.2f} ms {row['peak_mem_bytes'] / 2**20:10.1f} MiB"
+                      if row["status"] == "ok" else row["status"]))
+    from geoattn.chunked import DEFAULT_BLOCK_SIZE
+
+    memory_method = (
+        "torch.cuda.max_memory_allocated during one run minus memory allocated before it (the inputs)"
+        if device == "cuda" else
+        "fresh subprocess per configuration; peak resident set size (VmHWM, reset via /proc/self/clear_refs, "
+        "else ru_maxrss) during one run minus the RSS before it, after imports, inputs and a tiny warm-up call"
+    )
+    result = {
+        "device": _device_name(device),
+        "versions": _versions(),
+        "config": {"shape": args.shape, "impls": impls, "L": lengths, "H": heads, "B": batch,
+                   "passes": args.passes, "repeats": args.repeats, "min_time_s": args.min_time,
+                   "warmup": args.warmup, "dtype": args.dtype,
+                   "threads": args.threads or torch.get_num_threads(),
+                   "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
+                   "timing": "CUDA events" if device == "cuda" else "time.perf_counter",
+                   "statistic": "median", "command": " ".join(["python", "benchmarks/bench_geometric.py",
+                                                                *(argv if argv is not None else sys.argv[1:])])},
+        "memory_method": memory_method,
+        "note": args.note,
+        # Other processes share the machine: the 1-minute load average before and after the
+        # sweep says how noisy the timings may be (ratios within one run are what count).
+        "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
+                              "cores": os.cpu_count()},
+        "rows": rows,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
