@@ -249,14 +249,38 @@ def test_synthetic_student_copy_executes_to_not_implemented(tmp_path):
     _assert_runs_up_to_the_first_stub(copy, "synthetic")
     assert "not implemented yet" in _text(copy.cells[3])  # ... and reports the stub
 
-    # A copy whose stub is called outside a check stops with the stub's own error: still fine.
-    cells.append(new_code_cell("double(1)"))
-    _assert_runs_up_to_the_first_stub(_execute(make_student_notebook(new_notebook(cells=cells), "s"), tmp_path), "s")
-    # But an unrelated error before the first stub is caught.
-    cells.insert(1, new_code_cell("1 / 0"))
-    broken = _execute(make_student_notebook(new_notebook(cells=cells), "s"), tmp_path)
+
+def _ran(source: str, *outputs) -> nbformat.NotebookNode:
+    cell = new_code_cell(source)
+    cell.execution_count, cell.outputs = 1, list(outputs)
+    return cell
+
+
+def _error(ename: str, evalue: str):
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])
+
+
+STUB = 'def f(x):\n    raise NotImplementedError("exercise: write the body of f()")\n'
+
+
+def test_first_stub_rule_accepts_stub_errors_and_rejects_others():
+    ok = new_notebook(cells=[_ran("print(1)"), _ran(STUB + "check(f)", nbformat.v4.new_output(
+        "execute_result", data={"text/plain": "✗ check_f: not implemented yet"}, execution_count=1)),
+        _ran("f(1)", _error("NotImplementedError", "exercise: write the body of f()"))])
+    _assert_runs_up_to_the_first_stub(ok, "ok")
+    early = new_notebook(cells=[_ran("1 / 0", _error("ZeroDivisionError", "division by zero")), ok.cells[1]])
     with pytest.raises(AssertionError, match="before the first stub"):
-        _assert_runs_up_to_the_first_stub(broken, "s")
+        _assert_runs_up_to_the_first_stub(early, "early")
+    later = new_notebook(cells=[ok.cells[1], _ran("x", _error("NameError", "name 'x' is not defined"))])
+    with pytest.raises(AssertionError, match="only an exercise stub may fail"):
+        _assert_runs_up_to_the_first_stub(later, "later")
+    passing = new_notebook(cells=[_ran(STUB + "check(f)", nbformat.v4.new_output(
+        "stream", name="stdout", text="✓ check_f: passed all 3 cases"))])
+    with pytest.raises(AssertionError, match="must report 'not implemented yet'"):
+        _assert_runs_up_to_the_first_stub(passing, "passing")
+    skipped = new_notebook(cells=[new_code_cell("print(1)"), ok.cells[1]])
+    with pytest.raises(AssertionError, match="did not run"):
+        _assert_runs_up_to_the_first_stub(skipped, "skipped")
 
 
 # ------------------------------------------------------------------- the real chapters
