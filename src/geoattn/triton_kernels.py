@@ -115,19 +115,32 @@ def _key_bias(bias_row, offs_k, L, HAS_MASK: tl.constexpr, EVEN_L: tl.constexpr)
 
 
 @triton.jit
-def _pair_terms(ax, ay, az, kx, ky, kz, px, py, pz, rx, ry, rz):
-    """Rotation dot product, distance difference and norm for broadcast query/key operands.
+def _score(ax, ay, az, kx, ky, kz, px, py, pz, rx, ry, rz, c, base):
+    """S = a·k − c·‖p − r‖ + base for broadcast query/key operands, and the pieces of the norm.
 
     Query operands (a = folded q_r, p = q_d) and key operands (k = k_r, r = k_d) arrive
     already shaped as a row and a column, so the same code serves both tile layouts.
-    Returns dot = a·k, the difference d = p − r and n = ‖d‖.
+    ``base`` (0, or −LSE in the backward) starts the dot product's FMA chain, so subtracting
+    it costs no extra instruction. Returns S, the difference d = p − r, ‖d‖² and ‖d‖.
     """
-    dot = ax * kx + ay * ky + az * kz
+    dot = ax * kx + (ay * ky + (az * kz + base))
     dx = px - rx
     dy = py - ry
     dz = pz - rz
-    n = tl.sqrt(dx * dx + dy * dy + dz * dz)
-    return dot, dx, dy, dz, n
+    sq = dx * dx + dy * dy + dz * dz
+    n = tl.sqrt(sq)
+    return dot - c * n, dx, dy, dz, sq, n
+
+
+@triton.jit
+def _inv_norm(sq):
+    """1/‖d‖ from ‖d‖², for the norm's gradient u = d/‖d‖, which must be 0 at d = 0.
+
+    At d = 0 this returns 1e15 instead of inf, and u = d·1e15 = 0 exactly, since every
+    component of d is 0. One FMNMX and one MUFU.RSQ: ``ds / n`` would cost a full-range
+    IEEE division per pair, and a ``where`` guard a compare and a select more.
+    """
+    return tl.math.rsqrt(tl.maximum(sq, 1e-30))
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,9 +190,8 @@ def _fwd_kernel(
         kx, ky, kz = _load3(KR + base, offs_k, L, EVEN_L)
         rx, ry, rz = _load3(KD + base, offs_k, L, EVEN_L)
         vx, vy, vz = _load3(V + base, offs_k, L, EVEN_L)
-        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx[:, None], ky[:, None], kz[:, None],
-                                         px, py, pz, rx[:, None], ry[:, None], rz[:, None])
-        s = dot - c * n
+        s, dx, dy, dz, sq, n = _score(ax, ay, az, kx[:, None], ky[:, None], kz[:, None],
+                                      px, py, pz, rx[:, None], ry[:, None], rz[:, None], c, 0.0)
         if HAS_MASK or not EVEN_L:
             s += _key_bias(bias_row, offs_k, L, HAS_MASK, EVEN_L)[:, None]
         m_new = tl.maximum(m, tl.max(s, axis=0))
@@ -259,20 +271,19 @@ def _bwd_dkdv_kernel(
         delta = _load_row(DELTA + row, offs_q, L, 0.0, EVEN_L)
         ax, ay, az = ax[:, None], ay[:, None], az[:, None]
         gx, gy, gz = gx[:, None], gy[:, None], gz[:, None]
-        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx, ky, kz,
-                                         px[:, None], py[:, None], pz[:, None], rx, ry, rz)
-        s = dot - c * n
+        s, dx, dy, dz, sq, n = _score(ax, ay, az, kx, ky, kz,
+                                      px[:, None], py[:, None], pz[:, None], rx, ry, rz, c, -lse[:, None])
         if HAS_MASK or not EVEN_L:
             s += bias
-        p = tl.exp2(s - lse[:, None])
+        p = tl.exp2(s)  # S − LSE: the probabilities of the forward pass
         dvx += tl.sum(p * gx, axis=0)
         dvy += tl.sum(p * gy, axis=0)
         dvz += tl.sum(p * gz, axis=0)
-        ds = p * (gx * vx + gy * vy + gz * vz - delta[:, None])
+        ds = p * (gx * vx + (gy * vy + (gz * vz - delta[:, None])))
         dkx += tl.sum(ds * ax, axis=0)
         dky += tl.sum(ds * ay, axis=0)
         dkz += tl.sum(ds * az, axis=0)
-        du = tl.where(n > 0.0, ds / tl.where(n > 0.0, n, 1.0), 0.0)  # the norm's gradient is 0 at 0
+        du = ds * _inv_norm(sq)
         drx += tl.sum(du * dx, axis=0)
         dry += tl.sum(du * dy, axis=0)
         drz += tl.sum(du * dz, axis=0)
@@ -331,17 +342,16 @@ def _bwd_dq_kernel(
         rx, ry, rz = _load3(KD + base, offs_k, L, EVEN_L)
         vx, vy, vz = _load3(V + base, offs_k, L, EVEN_L)
         kx, ky, kz = kx[:, None], ky[:, None], kz[:, None]
-        dot, dx, dy, dz, n = _pair_terms(ax, ay, az, kx, ky, kz,
-                                         px, py, pz, rx[:, None], ry[:, None], rz[:, None])
-        s = dot - c * n
+        s, dx, dy, dz, sq, n = _score(ax, ay, az, kx, ky, kz,
+                                      px, py, pz, rx[:, None], ry[:, None], rz[:, None], c, -lse)
         if HAS_MASK or not EVEN_L:
             s += _key_bias(bias_row, offs_k, L, HAS_MASK, EVEN_L)[:, None]
-        p = tl.exp2(s - lse)
-        ds = p * (gx * vx[:, None] + gy * vy[:, None] + gz * vz[:, None] - delta)
+        p = tl.exp2(s)
+        ds = p * (gx * vx[:, None] + (gy * vy[:, None] + (gz * vz[:, None] - delta)))
         dax += tl.sum(ds * kx, axis=0)
         day += tl.sum(ds * ky, axis=0)
         daz += tl.sum(ds * kz, axis=0)
-        du = tl.where(n > 0.0, ds / tl.where(n > 0.0, n, 1.0), 0.0)
+        du = ds * _inv_norm(sq)
         dpx += tl.sum(du * dx, axis=0)
         dpy += tl.sum(du * dy, axis=0)
         dpz += tl.sum(du * dz, axis=0)
@@ -365,15 +375,18 @@ def compile_signatures(block_q: int = 64, block_k: int = 64, has_mask: bool = Tr
 
     Returns a list of dicts with ``kernel`` (the JITFunction), ``signature`` (argument name →
     Triton type: every tensor is an fp32 plane ``*fp32``, sizes are ``i32``), ``constexprs``
-    and ``attrs`` (16-byte alignment of every pointer, as the launcher specializes torch
-    allocations). Only meaningful when the kernels were *not* decorated under TRITON_INTERPRET.
+    and ``attrs``: the divisibility by 16 that the launcher itself detects and specializes on,
+    of every pointer (torch allocations) and, on the ``even_l`` path (blocks ≥ 16 divide L),
+    of L, which lets the compiler vectorize the plane loads. Only meaningful when the kernels
+    were *not* decorated under TRITON_INTERPRET.
     """
     constexprs = {"HAS_MASK": bool(has_mask), "EVEN_L": bool(even_l), "BLOCK_Q": int(block_q), "BLOCK_K": int(block_k)}
     out = []
     for kernel in KERNELS:
         names = kernel.arg_names
         signature = {n: "constexpr" if n in _CONSTEXPRS else "i32" if n in _INTS else "*fp32" for n in names}
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if signature[n] == "*fp32"}
+        aligned = [i for i, n in enumerate(names) if signature[n] == "*fp32" or (n == "L" and even_l)]
+        attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
         out.append({"kernel": kernel, "signature": signature, "constexprs": dict(constexprs), "attrs": attrs})
     return out
 
