@@ -332,3 +332,18 @@ def test_readme_links_the_workflow_badge_and_the_pages_site():
     owner, name = REPO.split("/")
     assert f"https://github.com/{REPO}/actions/workflows/book.yml/badge.svg" in readme
     assert f"https://{owner}.github.io/{name}/" in readme
+
+
+def test_sphinx_fix_keeps_one_copy_of_each_inline_script():
+    from sphinx.builders.html._assets import _JavaScript
+
+    from geoattn._sphinx_fixes import _dedupe_scripts
+
+    body = 'const THEBE_JS_URL = "x"'
+    scripts = [_JavaScript("a.js"), _JavaScript(None, body=body), _JavaScript("", body=body),
+               _JavaScript("", body="const other = 1"), _JavaScript("a.js", defer="defer")]
+    context = {"script_files": scripts}
+    _dedupe_scripts(None, "page", "page.html", context, None)
+    assert context["script_files"] is scripts  # changed in place, as Sphinx restores it per page
+    assert [(s.filename, s.attributes) for s in scripts] == [
+        ("a.js", {}), (None, {"body": body}), ("", {"body": "const other = 1"}), ("a.js", {"defer": "defer"})]
