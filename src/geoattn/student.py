@@ -88,7 +88,8 @@ def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int
             if label:
                 what += f" ({label})"
             # json.dumps gives a double-quoted literal that Python reads back unchanged.
-            out.append(f"{indent}raise NotImplementedError({json.dumps('exercise: ' + what, ensure_ascii=False)})")
+            message = json.dumps("exercise: " + what, ensure_ascii=False)
+            out.append(f"{indent}raise NotImplementedError({message})")
             n += 1
         elif is_end:
             if begin_line is None:
