@@ -1,0 +1,59 @@
+"""Smoke tests of benchmarks/bench_geometric.py: the JSON it writes, and OOM as a result."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_geometric.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_geometric", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_sweep_writes_the_documented_json(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench.main(["--L", "16", "--H", "2", "--pass", "fwd", "--repeats", "1", "--min-time", "0",
+                         "--threads", "1", "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert {"device", "versions", "config", "memory_method", "note", "rows"} <= set(result)
+    assert set(result["versions"]) == {"python", "torch", "triton", "geoattn"}
+    assert [(r["impl"], r["L"], r["pass"]) for r in result["rows"]] == [("naive", 16, "fwd"), ("chunked", 16, "fwd")]
+    for row in result["rows"]:
+        assert row["status"] == "ok", row
+        assert set(row) == {"impl", "L", "H", "B", "pass", "median_ms", "peak_mem_bytes", "pairs_per_s", "status"}
+        assert row["median_ms"] > 0 and row["peak_mem_bytes"] >= 0
+        assert row["pairs_per_s"] == pytest.approx(row["B"] * row["H"] * row["L"] ** 2 / (row["median_ms"] / 1e3))
+
+
+def test_out_of_memory_is_a_result_not_a_crash(bench, monkeypatch):
+    def exhausted(impl, block_size):
+        def fn(*args):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return fn
+
+    monkeypatch.setattr(bench, "_attention_fn", exhausted)
+    row = bench.measure("naive", 16, 2, 1, "fwd", repeats=1)
+    assert row["status"] == "oom" and row["median_ms"] is None
+
+
+def test_other_failures_are_recorded_as_errors(bench, monkeypatch):
+    def broken(impl, block_size):
+        def fn(*args):
+            raise ValueError("block_size must be a power of two")
+        return fn
+
+    monkeypatch.setattr(bench, "_attention_fn", broken)
+    row = bench.measure("triton", 16, 2, 1, "fwd+bwd", repeats=1)
+    assert row["status"].startswith("error: ValueError")
+
+
+def test_encoder_preset_is_esm3s_structure_encoder(bench):
+    assert bench.SHAPES["encoder"] == {"L": [16], "H": [128], "B": 4096}
+    args = bench.parse_args(["--shape", "encoder"])
+    assert args.shape == "encoder"
