@@ -53,7 +53,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "use impl='chunked' on machines without it"
     ) from err
 
-__all__ = ["triton_geometric_attention", "KERNELS", "compile_signatures", "INTERPRETED"]
+__all__ = ["triton_geometric_attention", "KERNELS", "GPU_SHAPES", "compile_signatures", "INTERPRETED"]
 
 # triton.jit decides at decoration time (i.e. now) whether kernels are compiled or interpreted.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
@@ -370,24 +370,33 @@ _CONSTEXPRS = ("HAS_MASK", "EVEN_L", "BLOCK_Q", "BLOCK_K")
 _INTS = ("H", "L")
 
 
-def compile_signatures(block_q: int = 64, block_k: int = 64, has_mask: bool = True, even_l: bool = False):
+def compile_signatures(has_mask: bool = True, even_l: bool = False, all_shapes: bool = False):
     """Everything ``triton.compile(ASTSource(...))`` needs for each kernel in ``KERNELS``.
 
-    Returns a list of dicts with ``kernel`` (the JITFunction), ``signature`` (argument name →
-    Triton type: every tensor is an fp32 plane ``*fp32``, sizes are ``i32``), ``constexprs``
-    and ``attrs``: the divisibility by 16 that the launcher itself detects and specializes on,
+    Returns one dict per kernel and launch shape: the first shape of ``GPU_SHAPES`` for each
+    kernel, or all of them with ``all_shapes``. Each holds ``kernel`` (the JITFunction),
+    ``signature`` (argument name → Triton type: every tensor is an fp32 plane ``*fp32``,
+    sizes are ``i32``), ``constexprs``, ``options`` (num_warps, num_stages, FMA fusion) and
+    ``attrs``: the divisibility by 16 that the launcher itself detects and specializes on,
     of every pointer (torch allocations) and, on the ``even_l`` path (blocks ≥ 16 divide L),
-    of L, which lets the compiler vectorize the plane loads. Only meaningful when the kernels
-    were *not* decorated under TRITON_INTERPRET.
+    of L, which lets the compiler vectorize the plane loads. Only meaningful when the
+    kernels were *not* decorated under TRITON_INTERPRET.
     """
-    constexprs = {"HAS_MASK": bool(has_mask), "EVEN_L": bool(even_l), "BLOCK_Q": int(block_q), "BLOCK_K": int(block_k)}
     out = []
     for kernel in KERNELS:
         names = kernel.arg_names
         signature = {n: "constexpr" if n in _CONSTEXPRS else "i32" if n in _INTS else "*fp32" for n in names}
         aligned = [i for i, n in enumerate(names) if signature[n] == "*fp32" or (n == "L" and even_l)]
         attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
-        out.append({"kernel": kernel, "signature": signature, "constexprs": dict(constexprs), "attrs": attrs})
+        shapes = GPU_SHAPES[kernel.__name__]
+        for bq, bk, warps in shapes if all_shapes else shapes[:1]:
+            out.append({
+                "kernel": kernel,
+                "signature": signature,
+                "constexprs": {"HAS_MASK": bool(has_mask), "EVEN_L": bool(even_l), "BLOCK_Q": bq, "BLOCK_K": bk},
+                "attrs": attrs,
+                "options": {"num_warps": warps, "num_stages": _NUM_STAGES, "enable_fp_fusion": True},
+            })
     return out
 
 
@@ -395,30 +404,35 @@ def compile_signatures(block_q: int = 64, block_k: int = 64, has_mask: bool = Tr
 # Launch configuration: autotuned on a GPU, a single cheap config under the interpreter
 # ----------------------------------------------------------------------------------------
 
-if INTERPRETED:
-    # The interpreter runs each block iteration as numpy calls (milliseconds each): one
-    # config, no benchmarking, and blocks large enough to keep iterations few.
-    _CONFIGS = [triton.Config({"BLOCK_Q": 32, "BLOCK_K": 32}, num_warps=1, num_stages=1)]
-else:
-    _CONFIGS = [
-        triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bq, bk, w, s in (
-            (32, 32, 2, 2),
-            (64, 32, 4, 2),
-            (64, 64, 4, 2),
-            (128, 32, 4, 2),
-            (128, 64, 4, 2),
-            (128, 64, 8, 2),
-            (128, 128, 8, 2),
-            (256, 32, 8, 2),
-            (256, 64, 8, 2),
-        )
-    ]
+# (BLOCK_Q, BLOCK_K, num_warps) searched by the autotuner on a GPU. With d = 3 there is
+# no tl.dot: Triton spreads the program's own block (queries, or keys in dK/dV) over the 32
+# lanes of each warp and keeps the streamed block inside each thread, so the reduction over
+# it is in-thread FADD/FFMA work. These shapes keep 1-2 own elements and 8-32 streamed
+# elements per thread: in the offline-compiled SASS (sm_90 and sm_75 alike) they cost
+# 21-26 instructions per (i, j) pair in the forward loop, 31-35 in dQ and 35-41 in dK/dV,
+# with no spills (64×64 tiles with 4 warps, FlashAttention's shape: 32, 43 and 49).
+GPU_SHAPES = {
+    "_fwd_kernel": ((128, 16, 2), (64, 16, 2), (128, 32, 2), (128, 16, 4), (128, 32, 4), (256, 16, 4), (256, 32, 8)),
+    "_bwd_dkdv_kernel": ((16, 64, 2), (8, 64, 2), (8, 128, 2), (16, 128, 4), (8, 128, 4), (16, 256, 8)),
+    "_bwd_dq_kernel": ((128, 8, 2), (64, 16, 2), (128, 16, 4), (256, 8, 4), (256, 16, 4), (128, 32, 4)),
+}
+_NUM_STAGES = 2
+
+
+def _configs(name):
+    if INTERPRETED:
+        # The interpreter runs each block iteration as numpy calls (milliseconds each): one
+        # config, so no benchmarking, with blocks large enough to keep iterations few.
+        return [triton.Config({"BLOCK_Q": 32, "BLOCK_K": 32}, num_warps=1)]
+    return [triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=_NUM_STAGES)
+            for bq, bk, w in GPU_SHAPES[name]]
+
 
 _even = triton.heuristics({"EVEN_L": lambda a: a["L"] % a["BLOCK_Q"] == 0 and a["L"] % a["BLOCK_K"] == 0})
 _fwd_heur, _dkdv_heur, _dq_heur = (_even(k) for k in KERNELS)
 _fwd_tuned, _dkdv_tuned, _dq_tuned = (
-    triton.autotune(configs=_CONFIGS, key=["L", "HAS_MASK"])(k) for k in (_fwd_heur, _dkdv_heur, _dq_heur)
+    triton.autotune(configs=_configs(raw.__name__), key=["L", "HAS_MASK"])(k)
+    for raw, k in zip(KERNELS, (_fwd_heur, _dkdv_heur, _dq_heur))
 )
 # Fused multiply-adds on (Triton 3.9 warns when this is left implicit); ignored by the interpreter.
 _LAUNCH = {"enable_fp_fusion": True}
