@@ -184,6 +184,14 @@ def test_empty_batch_returns_empty():
     assert out.shape == (0, 5, 2, 3)
 
 
+def test_second_derivatives_raise_instead_of_returning_wrong_numbers():
+    inputs = [t.requires_grad_(True) for t in make_inputs(2, 1, 6, 1, dtype=torch.float32)]
+    out = geoattn.geometric_attention(*inputs, impl="triton")
+    (g,) = torch.autograd.grad(out.square().sum(), inputs[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiable"):
+        g.sum().backward()
+
+
 def test_kernel_table_and_signatures_name_every_kernel_argument():
     specs = triton_kernels.compile_signatures()
     assert [s["kernel"] for s in specs] == list(triton_kernels.KERNELS)

@@ -37,12 +37,14 @@ gradient of the norm is taken as 0, as in ``geoattn.geometric.safe_norm``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import torch
 from einops import rearrange
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -166,7 +168,8 @@ def _fwd_kernel(
     Memory traffic per launch (fp32 planes, Q = BLOCK_Q): reads 24·B·H·L bytes of queries
     and B·H·L·⌈L/Q⌉·(36 + 4·HAS_MASK) bytes of keys and values (k_r, k_d, v and the bias
     row, once per query block, mostly from L2); writes 12·B·H·L bytes of O and 4·B·H·L of
-    LSE. Work is B·H·L² pairs of about 25 FP32 instructions: compute-bound for L ≳ 64.
+    LSE. Work is B·H·L² pairs of 21-26 instructions each in the loop's SASS, against at most
+    40/Q bytes of (cached) loads per pair: compute-bound.
     """
     bh = tl.program_id(0)
     qb = tl.program_id(1)
@@ -465,6 +468,7 @@ class _GeometricAttentionFn(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: say so, loudly
     def backward(ctx, do):
         qr, kr, qd, kd, v, c, bias, o, lse = ctx.saved_tensors
         bh, _, length = qr.shape
@@ -515,7 +519,7 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
     bias = None
     if key_mask is not None:
         bias = torch.zeros(b, length, device=v.device, dtype=torch.float32).masked_fill(~key_mask, float("-inf"))
-    o = _GeometricAttentionFn.apply(
-        _planes(a), _planes(k_rot), _planes(q_dist), _planes(k_dist), _planes(v), c, bias, h, block_size
-    )
+    planes = [_planes(t) for t in (a, k_rot, q_dist, k_dist, v)]  # one PyTorch pass each: O(L), not O(L²)
+    with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():  # launch on the inputs' GPU
+        o = _GeometricAttentionFn.apply(*planes, c, bias, h, block_size)
     return rearrange(o, "(b h) c l -> b l h c", b=b).to(v.dtype)
