@@ -11,6 +11,7 @@ the measurement started (the inputs) are not counted.
 """
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any, Callable, NamedTuple
 
@@ -81,7 +82,16 @@ def peak_tensor_memory(fn: Callable, *args, **kwargs) -> MemoryMeasurement:
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {type(fn).__name__}")
-    with LiveTensorBytes() as mode:
-        result = fn(*args, **kwargs)
-        retained = mode.current
+    # Tensors caught in reference cycles are freed whenever the cycle collector happens to
+    # run; pausing it makes the count independent of that timing.
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with LiveTensorBytes() as mode:
+            result = fn(*args, **kwargs)
+            retained = mode.current
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return MemoryMeasurement(result, mode.peak, retained)
