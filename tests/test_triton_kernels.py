@@ -202,18 +202,25 @@ def test_kernel_table_and_signatures_name_every_kernel_argument():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised for CPU tensors without a GPU")
 def test_cpu_tensors_without_the_interpreter_raise_a_clear_error():
+    """Without TRITON_INTERPRET, and with it set too late (after triton was imported)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = (
-        "import torch, geoattn\n"
+        "import os, torch, geoattn\n"
         "x = torch.randn(1, 4, 2, 3); w = torch.ones(2)\n"
-        "try:\n"
-        "    geoattn.geometric_attention(x, x, x, x, x, w, w, impl='triton')\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
+        "for late in (False, True):\n"
+        "    if late:\n"
+        "        os.environ['TRITON_INTERPRET'] = '1'\n"
+        "    try:\n"
+        "        geoattn.geometric_attention(x, x, x, x, x, w, w, impl='triton')\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError:', e)\n"
     )
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1" in res.stdout
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2, res.stdout
+    assert all("impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1" in line for line in lines)
+    assert "only after triton had been imported" in lines[1]
 
 
 def test_import_geoattn_does_not_import_triton():

@@ -57,8 +57,11 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 __all__ = ["triton_geometric_attention", "KERNELS", "GPU_SHAPES", "compile_signatures", "INTERPRETED"]
 
-# triton.jit decides at decoration time (i.e. now) whether kernels are compiled or interpreted.
+# triton.jit decides at decoration time whether a function is compiled or interpreted: for our
+# kernels that is now, for Triton's own library functions (tl.sum, tl.max) it was when triton
+# was first imported. The interpreter works only if both agree.
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+_LIBRARY_INTERPRETED = type(tl.sum).__name__ == "InterpretedFunction"
 
 _LOG2E = 1.4426950408889634
 _LN2 = tl.constexpr(0.6931471805599453)  # read inside kernels: must be a constexpr
@@ -498,13 +501,14 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
     BLOCK_K and skips autotuning. Math in fp32; the output has ``v``'s dtype (fp64 inputs
     are computed in fp32). Differentiable in all seven tensor inputs.
     """
-    if not q_rot.is_cuda and not INTERPRETED:
-        env = os.environ.get("TRITON_INTERPRET")
-        late = " (it is set now, but only after geoattn.triton_kernels was imported)" if env else ""
+    if (not q_rot.is_cuda and not INTERPRETED) or INTERPRETED != _LIBRARY_INTERPRETED:
+        late = ""
+        if INTERPRETED != _LIBRARY_INTERPRETED or os.environ.get("TRITON_INTERPRET"):
+            late = " (TRITON_INTERPRET was set only after triton had been imported)"
         raise ValueError(
             "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run Triton's interpreter on the CPU; "
-            f"q_rot is on {q_rot.device}{late}. Set TRITON_INTERPRET=1 before importing triton, "
-            "or use impl='chunked'."
+            f"q_rot is on {q_rot.device}{late}. Set TRITON_INTERPRET=1 before anything imports triton "
+            "(e.g. at the top of the notebook or script), or use impl='chunked'."
         )
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
