@@ -23,11 +23,23 @@ TARGETS = (75, 90)
 VARIANTS = ({"has_mask": True, "even_l": False}, {"has_mask": False, "even_l": True})
 
 SCRIPT = r"""
-import json, sys
+import json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import geoattn.triton_kernels as tk
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def local_memory_ops(cubin):
+    # STL/LDL in the SASS: registers spilled to local memory
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    return len(re.findall(r"\b(?:STL|LDL)\b", sass))
+
 
 assert not tk.INTERPRETED, "kernels were decorated under TRITON_INTERPRET"
 targets, variants = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -39,6 +51,7 @@ for cc in targets:
             kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=spec["options"])
             print(json.dumps({"cc": cc, **variant, "name": kernel.metadata.name,
                               "cubin": len(kernel.asm.get("cubin", b"")),
+                              "spills": local_memory_ops(kernel.asm["cubin"]),
                               "ptx_target": next((l.split()[1] for l in kernel.asm.get("ptx", "").splitlines()
                                                   if l.startswith(".target")), None)}), flush=True)
 """
@@ -72,4 +85,6 @@ def test_every_kernel_compiles_for_sm75_and_sm90(tmp_path):
     assert got == expected, f"missing compilations: {sorted(expected - got)}"
     for r in results:
         assert r["cubin"] > 1000, f"empty cubin for {r}"
+        # the launch shapes were chosen so that no kernel spills registers (see GPU_SHAPES)
+        assert r["spills"] == 0, f"register spills (STL/LDL) in {r}"
         assert r["ptx_target"] in (f"sm_{r['cc']}", f"sm_{r['cc']}a"), r  # sm_90a: Hopper's arch-specific ISA
