@@ -90,6 +90,16 @@ def test_even_fast_path_is_taken_and_agrees_with_the_ragged_path():
     torch.testing.assert_close(even, ragged, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("length", [32, 45])
+def test_non_contiguous_inputs_in_one_batch(length):
+    """Strided views ((B, H, L, 3) storage seen as (B, L, H, 3)), B = 1, and L = 32 where the
+    planes need no padding (their layout must still be made contiguous)."""
+    inputs = make_inputs(4, 1, length, 2, dtype=torch.float32)
+    inputs[:5] = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs[:5]]
+    assert not inputs[0].is_contiguous()
+    assert_matches_naive(inputs)
+
+
 def test_fp32_inputs_match_naive_fp32_with_a_mask():
     inputs = make_inputs(3, 2, 33, 3, dtype=torch.float32)
     assert_matches_naive(inputs, random_mask(3, 2, 33), atol=2e-5, rtol=1e-4)
