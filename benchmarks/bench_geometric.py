@@ -9,7 +9,7 @@ Timing: median of at least ``--repeats`` runs (more, up to 50, until ``--min-tim
 were timed) after ``--warmup`` runs; CUDA events on a GPU,
 ``time.perf_counter`` on the CPU. Peak memory:
 - GPU: ``torch.cuda.max_memory_allocated`` during one run, minus what was allocated before
-  it (the inputs).
+  it (the inputs), after one untimed full-size run (compilation, autotuning).
 - CPU: PyTorch has no CPU peak counter, so every configuration runs in a fresh
   subprocess. After imports, the inputs and a tiny warm-up call, the process resets its
   peak resident set size (Linux ``/proc/self/clear_refs`` ← 5) and reads its RSS; after one
@@ -162,6 +162,9 @@ def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats
         step(_make_inputs(1, small, h, device, dt, backward), torch.ones(1, small, h, 3, device=device, dtype=dt))
         gc.collect()
         if device == "cuda":
+            # One full-size run first, so that compilation and autotuning (per shape) are
+            # neither timed nor counted; the CUDA counters then measure a clean run.
+            step()
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
