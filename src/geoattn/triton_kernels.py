@@ -476,7 +476,7 @@ def _launch(tuned, heur, grid_axis, bh, length, block_size, args):
         tuned[grid](*args, **_LAUNCH)
     else:
         grid = (bh, triton.cdiv(length, block_size))
-        heur[grid](*args, BLOCK_Q=block_size, BLOCK_K=block_size, num_warps=4, num_stages=2, **_LAUNCH)
+        heur[grid](*args, BLOCK_Q=block_size, BLOCK_K=block_size, num_warps=4, num_stages=_NUM_STAGES, **_LAUNCH)
 
 
 class _GeometricAttentionFn(torch.autograd.Function):
@@ -528,8 +528,8 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
     """Geometric attention with the Triton kernels; the contract of ``geoattn.geometric_attention``.
 
     Called by the dispatcher after input validation. Inputs must be CUDA tensors, or CPU
-    tensors when ``TRITON_INTERPRET=1`` was set before this module was imported (Triton's
-    interpreter: correct but slow). ``block_size`` (a power of two ≥ 16) fixes BLOCK_Q =
+    tensors when ``TRITON_INTERPRET=1`` was set before triton was first imported (Triton's
+    interpreter: correct but slow). ``block_size`` (a power of two, 16 to 256) fixes BLOCK_Q =
     BLOCK_K and skips autotuning. Math in fp32; the output has ``v``'s dtype (fp64 inputs
     are computed in fp32). Differentiable in all seven tensor inputs.
     """
@@ -543,10 +543,10 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
             "(e.g. at the top of the notebook or script), or use impl='chunked'."
         )
     if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
+        isinstance(block_size, bool) or not isinstance(block_size, int) or not 16 <= block_size <= 256
         or block_size & (block_size - 1)
     ):
-        raise ValueError(f"block_size must be a power of two >= 16; got {block_size!r}")
+        raise ValueError(f"block_size must be a power of two from 16 to 256; got {block_size!r}")
     b, length, h, _ = q_rot.shape
     if v.numel() == 0:
         return v.clone()
