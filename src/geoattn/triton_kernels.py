@@ -61,12 +61,6 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 __all__ = ["triton_geometric_attention", "KERNELS", "GPU_SHAPES", "compile_signatures", "INTERPRETED"]
 
-# triton.jit decides at decoration time whether a function is compiled or interpreted: for our
-# kernels that is now, for Triton's own library functions (tl.sum, tl.max) it was when triton
-# was first imported. The interpreter works only if both agree.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-_LIBRARY_INTERPRETED = type(tl.sum).__name__ == "InterpretedFunction"
-
 _LOG2E = 1.4426950408889634
 _LN2 = tl.constexpr(0.6931471805599453)  # read inside kernels: must be a constexpr
 _SCALE = _LOG2E / math.sqrt(3.0)  # folds the 1/√3 of the logits and the switch to base 2
@@ -390,6 +384,13 @@ def _bwd_dq_kernel(
 
 KERNELS = (_fwd_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel)
 """The raw ``@triton.jit`` kernels (before autotuning), e.g. for offline compilation."""
+
+# triton.jit decides at decoration time whether a function is compiled or interpreted
+# (TRITON_INTERPRET=1): for our kernels that was just now, for Triton's own library functions
+# (tl.sum, tl.max) when triton was first imported. The interpreter works only if both agree.
+# Asking the decorated objects works on every Triton 3.x, Colab's included.
+INTERPRETED = type(_fwd_kernel).__name__ == "InterpretedFunction"
+_LIBRARY_INTERPRETED = type(tl.sum).__name__ == "InterpretedFunction"
 
 _CONSTEXPRS = ("HAS_MASK", "EVEN_L", "BLOCK_Q", "BLOCK_K")
 _INTS = ("H", "L", "LP")
