@@ -208,3 +208,15 @@ def test_property_matches_naive(b, length, h, block_size, seed, masked):
     inputs = make_inputs(b, length, h, seed=seed, spread=2.0)
     key_mask = random_mask(b, length, seed=seed + 1, p=0.6) if masked else None
     assert_matches_naive(inputs, key_mask, atol=1e-10, rtol=1e-9, block_size=block_size)
+
+
+def test_gradients_only_for_inputs_that_require_them():
+    inputs = [t.detach() for t in make_inputs(1, 9, 2, seed=11)]
+    inputs[4].requires_grad_()  # only v
+    inputs[6].requires_grad_()  # and dist_weight
+    out = chunked_geometric_attention(*inputs, block_size=4)
+    g_v, g_w = torch.autograd.grad(out.sum(), [inputs[4], inputs[6]])
+    ref = geoattn.geometric_attention(*inputs, impl="naive")
+    r_v, r_w = torch.autograd.grad(ref.sum(), [inputs[4], inputs[6]])
+    torch.testing.assert_close(g_v, r_v, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(g_w, r_w, atol=1e-12, rtol=1e-10)
