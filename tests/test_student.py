@@ -1,6 +1,7 @@
-"""Student copies (``geoattn.student``): the solutions are gone, the copies run up to the
-first exercise stub, and the committed copies in ``assignments/`` are exactly what the
-generator makes from ``book/`` (Colab opens those, so they must not drift)."""
+"""Student copies (``geoattn.student``): the solutions are gone and the copies run up to the
+first exercise stub. The copies are build products, never committed to main: the workflow
+regenerates them from ``book/`` on every push to main and publishes them on the
+``student`` branch, which the Colab links in README and the intro open."""
 from __future__ import annotations
 
 import re
@@ -18,12 +19,12 @@ from geoattn.student import BEGIN, END, make_student_notebook, write_student_not
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-ASSIGNMENTS = ROOT / "assignments"
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb"))
 REGENERATE = "python -m geoattn.student book/ assignments/"
+STUDENT_BRANCH = "student"
 _REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
 COLAB_ASSIGNMENTS = ("https://colab.research.google.com/github/" + _REPO.removeprefix("https://github.com/")
-                     + "/blob/main/assignments/")
+                     + f"/blob/{STUDENT_BRANCH}/assignments/")
 
 SOLUTION_START = re.compile(r"^\s*(`{3,}|:{3,})\{solution-start\}", re.M)
 SOLUTION_END = re.compile(r"^\s*(`{3,}|:{3,})\{solution-end\}", re.M)
@@ -359,12 +360,15 @@ def test_student_copy_contains_no_solution(generated, chapter):
     assert copy.metadata == original.metadata
 
 
-def test_committed_assignments_are_exactly_the_generated_copies(generated):
-    made = sorted(p.name for p in generated.glob("*.ipynb"))
-    committed = sorted(p.name for p in ASSIGNMENTS.glob("*.ipynb"))
-    assert committed == made, f"assignments/ holds {committed}, the chapters give {made}; run `{REGENERATE}`"
-    stale = [name for name in made if (ASSIGNMENTS / name).read_bytes() != (generated / name).read_bytes()]
-    assert not stale, f"assignments/ is stale for {stale}: run `{REGENERATE}` and commit the result"
+def test_workflow_publishes_the_student_copies_on_their_branch():
+    """The Colab links below resolve only if the workflow pushes fresh copies to that branch."""
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    job = wf["jobs"]["student-copies"]
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "refs/heads/main" in job["if"] and "push" in job["if"] and job["needs"] == "build"
+    assert job["permissions"] == {"contents": "write"}
+    assert "python -m geoattn.student book/ " in runs
+    assert f"HEAD:refs/heads/{STUDENT_BRANCH}" in runs
 
 
 @pytest.fixture(scope="module")
@@ -380,10 +384,10 @@ def test_student_copy_runs_up_to_its_first_stub(executed, chapter):
 
 
 @pytest.mark.parametrize("doc", ["README.md", "book/intro.md"])
-def test_colab_links_to_every_student_copy(doc):
+def test_colab_links_to_every_student_copy(generated, doc):
     """README and the intro link each student copy on Colab, at the repository of _config.yml."""
     text = (ROOT / doc).read_text()
     linked = set(re.findall(re.escape(COLAB_ASSIGNMENTS) + r"([\w.-]+\.ipynb)", text))
     assert linked == set(CHAPTERS), f"{doc} links {sorted(linked)} on Colab; the chapters are {CHAPTERS}"
     for name in linked:
-        assert (ASSIGNMENTS / name).is_file(), f"{doc} links assignments/{name}, which is not committed"
+        assert (generated / name).is_file(), f"{doc} links assignments/{name}, which the generator does not make"
