@@ -7,7 +7,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["Case", "CheckResult", "run_check"]
+__all__ = ["Case", "CheckResult", "run_check", "seeded_randn"]
+
+
+def seeded_randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """Gaussian inputs from a private generator, so a check sees the same cases every run."""
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,53 @@ def _compare(got: Any, expected: Any, case: Case) -> str | None:
     return None
 
 
-def run_check(name: str, fn: Callable, cases: Iterable[Case]) -> CheckResult:
-    """Run ``fn`` on every case and stop at the first failure."""
+def run_check(name: str, fn: Callable, cases: Iterable[Case],
+              wrong_variants: Iterable[tuple[Callable, str]] = ()) -> CheckResult:
+    """Run ``fn`` on every case and stop at the first failure.
+
+    ``wrong_variants`` pairs functions that make a known slip (no scaling, the wrong axis,
+    ...) with a hint naming it. When ``fn`` fails and behaves like one of them, the
+    result adds that hint as the likely cause.
+    """
+    cases = list(cases)
+    result = _run(name, fn, cases)
+    if result.passed:
+        return result
+    return _name_the_slip(result, fn, cases, list(wrong_variants))
+
+
+def _finite(x: Any) -> bool:
+    if isinstance(x, (tuple, list)):
+        return all(_finite(e) for e in x)
+    return not isinstance(x, torch.Tensor) or x.dtype == torch.bool or bool(torch.isfinite(x).all())
+
+
+def _agrees(a: Any, b: Any, case: Case) -> bool:
+    return _compare(a, b, case) is None
+
+
+def _name_the_slip(result: CheckResult, fn: Callable, cases: list[Case],
+                   wrong_variants: list[tuple[Callable, str]]) -> CheckResult:
+    """Add the hint of the first wrong variant that ``fn`` agrees with on every case where
+    both give finite numbers (the reader may have a second slip, such as overflow, on the
+    rest), provided the variant really is wrong on one of those cases."""
+    try:
+        got = [fn(*case.args) for case in cases]
+    except Exception:  # run_check already said what was raised
+        return result
+    for variant, hint in wrong_variants:
+        try:
+            bad = [variant(*case.args) for case in cases]
+        except Exception:
+            continue
+        both = [(g, b, c) for g, b, c in zip(got, bad, cases) if _finite(g) and _finite(b)]
+        if (both and all(_agrees(g, b, c) for g, b, c in both)
+                and any(not _agrees(b, c.expected, c) for _, b, c in both)):
+            return CheckResult(result.name, False, f"{result.message}\n  likely cause: {hint}")
+    return result
+
+
+def _run(name: str, fn: Callable, cases: list[Case]) -> CheckResult:
     if not callable(fn):
         return CheckResult(name, False, f"✗ {name}: expected a function, got {type(fn).__name__}")
     n = 0

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_step
-from ._harness import Case, CheckResult, run_check
+from ._harness import Case, CheckResult, run_check, seeded_randn as _randn
 
 __all__ = ["check_online_softmax_step", "check_online_softmax_merge"]
 
@@ -30,10 +30,6 @@ def _state(rows: int, d_v: int, *, seed: int, scale: float = 1.0, offset: float 
 
 def _empty(rows: int, d_v: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
     return torch.full((rows,), -_INF, dtype=dtype), torch.zeros(rows, dtype=dtype), torch.zeros(rows, d_v, dtype=dtype)
-
-
-def _randn(*shape: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def _step_case(label: str, hint: str, m, l, acc, s, v) -> Case:
