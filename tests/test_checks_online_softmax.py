@@ -34,6 +34,17 @@ def test_step_rejects_a_forgotten_rescale():
     result = check_online_softmax_step(no_rescale)
     assert not result.passed
     assert "hint" in result.message
+    assert "likely cause" in result.message and "exp(m - m_new)" in result.message
+
+
+def test_step_names_a_forgotten_rescale_of_acc():
+    def half_rescaled(m, l, acc, s, v):
+        m_new = torch.maximum(m, s)
+        c, p = torch.exp(m - m_new), torch.exp(s - m_new)
+        return m_new, c * l + p, acc + p[:, None] * v
+
+    result = check_online_softmax_step(half_rescaled)
+    assert not result.passed and "acc must be rescaled" in result.message
 
 
 def test_step_rejects_the_wrong_sign_of_the_rescale():
@@ -43,7 +54,8 @@ def test_step_rejects_the_wrong_sign_of_the_rescale():
         p = torch.exp(s - m_new)
         return m_new, c * l + p, c[:, None] * acc + p[:, None] * v
 
-    assert not check_online_softmax_step(flipped).passed
+    result = check_online_softmax_step(flipped)
+    assert not result.passed and "inverted" in result.message
 
 
 def test_step_rejects_an_unshifted_exponential():
@@ -85,6 +97,7 @@ def test_merge_rejects_plain_addition():
 
     result = check_online_softmax_merge(add)
     assert not result.passed and "hint" in result.message
+    assert "likely cause" in result.message and "larger one" in result.message
 
 
 def test_merge_rejects_unshifted_weights():

@@ -62,10 +62,40 @@ def _step_cases() -> list[Case]:
     ]
 
 
+def _shift(m: Tensor) -> Tensor:
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _step_without_rescale(m, l, acc, s, v):
+    m_new = torch.maximum(m, s)
+    p = torch.exp(s - _shift(m_new))
+    return m_new, l + p, acc + p[:, None] * v
+
+
+def _step_rescaling_only_l(m, l, acc, s, v):
+    m_new = torch.maximum(m, s)
+    c, p = torch.exp(m - _shift(m_new)), torch.exp(s - _shift(m_new))
+    return m_new, c * l + p, acc + p[:, None] * v
+
+
+def _step_with_inverted_rescale(m, l, acc, s, v):
+    m_new = torch.maximum(m, s)
+    c = torch.exp(torch.nan_to_num(m_new - m, posinf=0.0))
+    p = torch.exp(s - _shift(m_new))
+    return m_new, c * l + p, c[:, None] * acc + p[:, None] * v
+
+
+_STEP_SLIPS = [
+    (_step_without_rescale, "ℓ and acc are not multiplied by exp(m - m_new) when the maximum grows."),
+    (_step_rescaling_only_l, "ℓ is rescaled, but acc must be rescaled by the same factor."),
+    (_step_with_inverted_rescale, "the rescale factor is inverted: it is exp(m_old - m_new), at most 1."),
+]
+
+
 def check_online_softmax_step(fn) -> CheckResult:
     """Check ``fn(m, l, acc, s, v) -> (m, l, acc)``: fold one key (score ``s`` (R,) per query
     row, value ``v`` (d_v,)) into the running state ``m`` (R,), ``l`` (R,), ``acc`` (R, d_v)."""
-    return run_check("online_softmax_step", fn, _step_cases())
+    return run_check("online_softmax_step", fn, _step_cases(), wrong_variants=_STEP_SLIPS)
 
 
 def _merge_case(label: str, hint: str, a, b) -> Case:
@@ -94,7 +124,24 @@ def _merge_cases() -> list[Case]:
     ]
 
 
+def _merge_by_adding(m_a, l_a, acc_a, m_b, l_b, acc_b):
+    return torch.maximum(m_a, m_b), l_a + l_b, acc_a + acc_b
+
+
+def _merge_rescaling_only_l(m_a, l_a, acc_a, m_b, l_b, acc_b):
+    m = torch.maximum(m_a, m_b)
+    ca, cb = torch.exp(m_a - _shift(m)), torch.exp(m_b - _shift(m))
+    return m, ca * l_a + cb * l_b, acc_a + acc_b
+
+
+_MERGE_SLIPS = [
+    (_merge_by_adding, "the two states are added as they are, but each is in the scale of its own "
+                       "maximum: rescale both to the larger one first."),
+    (_merge_rescaling_only_l, "the ℓ's are rescaled, but the acc's need the same factors."),
+]
+
+
 def check_online_softmax_merge(fn) -> CheckResult:
     """Check ``fn(m_a, l_a, acc_a, m_b, l_b, acc_b) -> (m, l, acc)``: combine two states built
     from disjoint sets of keys into the state of all of them."""
-    return run_check("online_softmax_merge", fn, _merge_cases())
+    return run_check("online_softmax_merge", fn, _merge_cases(), wrong_variants=_MERGE_SLIPS)
