@@ -75,13 +75,11 @@ def _device_name(device: str) -> str:
 
 
 def _make_inputs(b, length, h, device, dtype, requires_grad):
-    import torch
+    import geoattn
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    vecs = [torch.randn(b, length, h, 3, generator=gen) for _ in range(5)]
-    vecs[2], vecs[3] = vecs[2] * 5, vecs[3] * 5  # distances of a few Å, like neighbouring residues
-    weights = [torch.rand(h, generator=gen) for _ in range(2)]
-    return [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (*vecs, *weights)]
+    # distances of a few Å, like neighbouring residues
+    return geoattn.random_geometric_inputs(b, length, h, seed=0, dist_scale=5.0, dtype=dtype, device=device,
+                                           requires_grad=requires_grad)
 
 
 def _attention_fn(impl: str, block_size: int | None):

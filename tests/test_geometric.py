@@ -218,3 +218,16 @@ def test_attention_weights_validate_the_mask():
                                                   torch.tensor([[True] * 5, [False] * 5]))
     torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 5, dtype=torch.float64))
     assert torch.equal(weights[1], torch.zeros_like(weights[1]))
+
+
+def test_random_geometric_inputs_are_reproducible_and_valid():
+    from geoattn import random_geometric_inputs
+
+    a = random_geometric_inputs(2, 7, 3, seed=4, dist_scale=5.0, dtype=torch.float64, requires_grad=True)
+    b = random_geometric_inputs(2, 7, 3, seed=4, dtype=torch.float64)
+    assert [tuple(t.shape) for t in a] == [(2, 7, 3, 3)] * 5 + [(3,)] * 2
+    assert all(t.dtype == torch.float64 and t.requires_grad for t in a)
+    assert torch.equal(a[0].detach(), b[0]) and torch.equal(a[2].detach(), 5.0 * b[2])
+    assert all((w >= 0).all() for w in a[5:])
+    geoattn.geometric_attention(*a, impl="naive")  # passes the contract's validation
+    assert not torch.equal(a[0].detach(), random_geometric_inputs(2, 7, 3, seed=5)[0].double())

@@ -33,6 +33,7 @@ __all__ = [
     "geometric_logits",
     "geometric_attention_weights",
     "check_geometric_inputs",
+    "random_geometric_inputs",
     "safe_norm",
     "IMPLS",
     "GeometricVectors",
@@ -176,6 +177,24 @@ def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight
     from .triton_kernels import triton_geometric_attention
 
     return triton_geometric_attention(*args, **kwargs)
+
+
+def random_geometric_inputs(batch: int, length: int, heads: int, *, seed: int = 0, dist_scale: float = 1.0,
+                            dtype: torch.dtype = torch.float32, device="cpu", requires_grad: bool = False):
+    """Reproducible random arguments for :func:`geometric_attention`:
+    ``[q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight]``.
+
+    The five vector sets are standard normal, shape (batch, length, heads, 3); ``q_dist``
+    and ``k_dist`` are multiplied by ``dist_scale`` (e.g. 5 for distances of a few Å);
+    the weights are uniform in [0, 1). Drawn on the CPU from one generator seeded with
+    ``seed``, so every device gets the same numbers.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    drawn = [torch.randn(batch, length, heads, 3, generator=gen) for _ in range(5)]
+    drawn += [torch.rand(heads, generator=gen) for _ in range(2)]
+    out = [t.to(device=device, dtype=dtype) for t in drawn]
+    out[2], out[3] = out[2] * dist_scale, out[3] * dist_scale
+    return [t.requires_grad_(requires_grad) for t in out]
 
 
 # ----------------------------------------------------------------------------------------
