@@ -196,18 +196,29 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("label", list(BAD_INPUTS))
-def test_bad_input_raises_a_value_error_naming_the_argument(label):
+def test_bad_input_raises_an_error_naming_the_argument(label):
+    """The library's policy: TypeError for a wrong type, ValueError for a wrong shape or value."""
     name, change = BAD_INPUTS[label]
     args = _bad(name, change)
-    with pytest.raises(ValueError, match=name):
+    error = TypeError if "not a tensor" in label else ValueError
+    with pytest.raises(error, match=name):
         geoattn.geometric_attention(**args, impl="naive")
 
 
 def test_unknown_impl_raises():
     with pytest.raises(ValueError, match="impl"):
         geoattn.geometric_attention(*make_inputs(8), impl="fast")
-    with pytest.raises(ValueError, match="naive"):
-        geoattn.geometric_attention(*make_inputs(8), impl="naive", block_size=4)
+    with pytest.raises(TypeError, match="impl"):
+        geoattn.geometric_attention(*make_inputs(8), impl=None)
+
+
+def test_every_impl_takes_the_same_options():
+    """naive accepts block_size (and ignores it), so callers need no special case."""
+    inputs = make_inputs(8)
+    ref = geoattn.geometric_attention(*inputs, impl="naive")
+    for impl in ("naive", "chunked"):
+        out = geoattn.geometric_attention(*inputs, impl=impl, block_size=4)
+        torch.testing.assert_close(out, ref)
 
 
 def test_attention_weights_validate_the_mask():

@@ -203,7 +203,8 @@ def test_attention_weights():
     g = layer.vectors(x, rot, trans)
     dist = torch.cdist(g.q_dist.transpose(1, 2), g.k_dist.transpose(1, 2))
     with torch.no_grad():
-        torch.testing.assert_close(layer.attention_weights(x, rot, trans), torch.softmax(-2.0 * dist / math.sqrt(3), -1))
+        expected = torch.softmax(-2.0 * dist / math.sqrt(3), -1)
+        torch.testing.assert_close(layer.attention_weights(x, rot, trans), expected)
 
 
 def test_head_weights_start_at_ln2_and_can_be_set():
@@ -231,13 +232,13 @@ def test_half_precision_layer():
     torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)  # bf16 keeps ~3 significant digits
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"d_model": 0}, "d_model"), ({"n_heads": 2.5}, "n_heads"), ({"num_vector_messages": 0}, "num_vector_messages"),
-    ({"impl": "cuda"}, "impl"),
+@pytest.mark.parametrize("kwargs, name, error", [
+    ({"d_model": 0}, "d_model", ValueError), ({"n_heads": 2.5}, "n_heads", TypeError),
+    ({"num_vector_messages": 0}, "num_vector_messages", ValueError), ({"impl": "cuda"}, "impl", ValueError),
 ])
-def test_constructor_errors(kwargs, name):
+def test_constructor_errors(kwargs, name, error):
     args = {"d_model": 8, "n_heads": 2, **kwargs}
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         GeometricSelfAttention(args.pop("d_model"), args.pop("n_heads"), **args)
 
 
@@ -266,9 +267,10 @@ def test_forward_errors_name_the_argument(label):
     args = {"x": x, "rotations": rot, "translations": trans, "mask": torch.ones(2, 6, dtype=torch.bool)}
     name, change = BAD_FORWARD[label]
     args[name] = change(args[name])
-    with pytest.raises(ValueError, match=name):
+    error = TypeError if "not a tensor" in label else ValueError
+    with pytest.raises(error, match=name):
         layer(**args)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(error, match=name):
         layer.attention_weights(**args)
 
 

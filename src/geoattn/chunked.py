@@ -40,15 +40,17 @@ two matrix products instead of an (L, n, 3) tensor of differences.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .geometric import check_geometric_inputs
+from .contract import check_block_size, check_geometric_inputs, compute_dtype
+from .masking import zero_masked_keys
 from .online_softmax import online_softmax_init, online_softmax_result, online_softmax_update
 
-__all__ = ["chunked_geometric_attention", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["chunked_geometric_attention", "chunked_core", "DEFAULT_BLOCK_SIZE"]
 
 # Keys per block. Larger blocks mean fewer Python-level steps and bigger matrix products,
 # but memory grows linearly with the block; on a 2-core CPU at L = 2048, blocks of 64 to 256
@@ -58,47 +60,58 @@ DEFAULT_BLOCK_SIZE = 128
 _INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
-def _check_block_size(block_size) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    return block_size
+class _Pairs(NamedTuple):
+    """Per-pair terms, as (B, L) integers compared one key block at a time (never (L, L))."""
+
+    key_mask: Tensor | None  # (B, L) bool
+    sequence_id: Tensor | None  # (B, L) int: +1 for a pair in one sequence
+    chain_id: Tensor | None  # (B, L) int: a pair in two chains is masked
+
+    def block(self, blk):
+        """(bias, mask) for the keys in ``blk``: (B, 1, L, n) or (B, 1, 1, n), or None."""
+        mask = None if self.key_mask is None else self.key_mask[:, None, None, blk]
+        if self.chain_id is not None:
+            same = (self.chain_id[:, :, None] == self.chain_id[:, None, blk])[:, None]
+            mask = same if mask is None else mask & same
+        bias = None
+        if self.sequence_id is not None:
+            bias = (self.sequence_id[:, :, None] == self.sequence_id[:, None, blk])[:, None]
+        return bias, mask
 
 
-def _block_scores(qr, qd, kr, kd, w_r, w_d, mask):
+def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask):
     """Scores of every query against one key block, and their two terms.
 
     ``qr, qd``: (B, H, L, 3); ``kr, kd``: (B, H, n, 3); ``w_r, w_d``: (1, H, 1, 1), already
-    divided by √3; ``mask``: (B, 1, 1, n) bool or None. Returns S, rot, dist, each (B, H, L, n).
+    divided by √3; ``bias``, ``mask``: from :meth:`_Pairs.block`. Returns S, rot, dist,
+    each (B, H, L, n).
     """
     rot = qr @ kr.transpose(-1, -2)
     # cdist computes the norm of each difference directly (no |q|²+|k|²−2q·k cancellation),
     # without ever storing the (L, n, 3) differences.
     dist = torch.cdist(qd, kd, compute_mode="donot_use_mm_for_euclid_dist")
     s = w_r * rot - w_d * dist
+    if bias is not None:
+        s = s + bias
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     return s, rot, dist
 
 
-def _forward(qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):
+def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     """Online softmax over key blocks; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L)."""
     b, h, length, _ = qr.shape
     state = online_softmax_init((b, h, length), v.shape[-1], dtype=qr.dtype, device=qr.device)
     for j0 in range(0, length, block_size):
         blk = slice(j0, j0 + block_size)
-        mask = None if key_mask is None else key_mask[:, None, None, blk]
-        s, _, _ = _block_scores(qr, qd, kr[:, :, blk], kd[:, :, blk], w_r, w_d, mask)
+        s, _, _ = _block_scores(qr, qd, kr[:, :, blk], kd[:, :, blk], w_r, w_d, *pairs.block(blk))
         state = online_softmax_update(state, s, v[:, :, blk])  # (m, l, acc) <- this block's keys
     # A row with no key: out = 0, and lse = +inf makes the backward's exp(S - lse) exactly 0.
     return online_softmax_result(state)
 
 
-def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size):
+def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     """FlashAttention's backward, recomputing one key block at a time (see the module docstring)."""
-    # Distances do not change under a common translation; centring the points keeps the
-    # matrix-product form of the distance gradient from cancelling digits far from the origin.
-    centre = kd.mean(dim=-2, keepdim=True)
-    qd, kd = qd - centre, kd - centre
     delta = (d_out * out).sum(dim=-1)  # D_i = dO_i · O_i
     dqr, dqd = torch.zeros_like(qr), torch.zeros_like(qd)
     dkr, dkd, dv = torch.empty_like(kr), torch.empty_like(kd), torch.empty_like(v)
@@ -108,8 +121,7 @@ def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size
     for j0 in range(0, length, block_size):
         blk = slice(j0, j0 + block_size)
         kr_b, kd_b, v_b = kr[:, :, blk], kd[:, :, blk], v[:, :, blk]
-        mask = None if key_mask is None else key_mask[:, None, None, blk]
-        s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d, mask)
+        s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d, *pairs.block(blk))
         p = torch.exp(s - lse[..., None])  # the softmax, recovered from the saved log-sum-exp
         dv[:, :, blk] = p.transpose(-1, -2) @ d_out
         dp = d_out @ v_b.transpose(-1, -2)
@@ -126,18 +138,35 @@ def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, key_mask, block_size
     return dqr, dkr, dqd, dkd, dv, dw_r, dw_d
 
 
+def _centre(kd: Tensor, key_mask: Tensor | None) -> Tensor:
+    """A point near the keys, (B, H, 1, 3), that masked and non-finite keys cannot move.
+
+    Distances do not change when q_d and k_d shift together. Shifting both by this point
+    keeps the matrix-product form of the distance gradient from cancelling digits far from
+    the origin, and keeps squared coordinates far from overflow.
+    """
+    keep = torch.isfinite(kd).all(dim=-1, keepdim=True)  # (B, H, L, 1)
+    if key_mask is not None:
+        keep = keep & key_mask[:, None, :, None]
+    total = torch.where(keep, kd, torch.zeros((), dtype=kd.dtype, device=kd.device)).sum(dim=-2, keepdim=True)
+    return total / keep.sum(dim=-2, keepdim=True).clamp(min=1)
+
+
 class _ChunkedGeometricAttention(torch.autograd.Function):
     """Autograd wrapper: the forward keeps only (out, lse), the backward recomputes blocks."""
 
     @staticmethod
-    def forward(ctx, q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask, block_size):
-        compute = torch.float64 if v.dtype == torch.float64 else torch.float32
+    def forward(ctx, q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs, block_size):
+        compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
         qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
+        centre = _centre(kd, pairs.key_mask)
+        qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
-        out, lse = _forward(qr, kr, qd, kd, vv, w_r, w_d, key_mask, block_size)
-        ctx.save_for_backward(qr, kr, qd, kd, vv, w_r, w_d, out, lse, key_mask)
+        out, lse = _forward(qr, kr, qd, kd, vv, w_r, w_d, pairs, block_size)
+        ctx.save_for_backward(qr, kr, qd, kd, vv, w_r, w_d, out, lse, *(t for t in pairs if t is not None))
+        ctx.present = tuple(t is not None for t in pairs)
         ctx.block_size = block_size
         ctx.dtypes = tuple(t.dtype for t in (q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight))
         return out.transpose(1, 2).to(v.dtype)
@@ -145,9 +174,11 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        qr, kr, qd, kd, vv, w_r, w_d, out, lse, key_mask = ctx.saved_tensors
+        qr, kr, qd, kd, vv, w_r, w_d, out, lse, *given = ctx.saved_tensors
+        given = iter(given)
+        pairs = _Pairs(*(next(given) if present else None for present in ctx.present))
         d_out = grad_out.to(out.dtype).transpose(1, 2)
-        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, key_mask, ctx.block_size)
+        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size)
         vectors = tuple(g.transpose(1, 2) for g in grads[:5])  # back to (B, L, H, 3)
         grads = (*vectors, *grads[5:])
         grads = tuple(g.to(dt) if need else None
@@ -155,17 +186,29 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         return (*grads, None, None)
 
 
+def chunked_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *, sequence_id=None,
+                 chain_id=None, block_size=None) -> Tensor:
+    """The chunked implementation without input validation (the dispatcher validated)."""
+    k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
+    pairs = _Pairs(key_mask, sequence_id, chain_id)
+    return _ChunkedGeometricAttention.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs,
+                                            block_size or DEFAULT_BLOCK_SIZE)
+
+
 def chunked_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
-                                block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
+                                sequence_id=None, chain_id=None, block_size: int | None = None) -> Tensor:
     """Geometric attention (the contract of :func:`geoattn.geometric_attention`) in
     O(B·H·L·block_size) memory, forward and backward; see the module docstring for the math.
+    Validates its inputs (the dispatcher calls :func:`chunked_core` instead).
 
     Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3); ``rot_weight, dist_weight``:
-    (H,); ``key_mask``: (B, L) bool, True = may attend. ``block_size``: keys per block.
+    (H,); ``key_mask``: (B, L) bool, True = may attend; ``sequence_id``, ``chain_id``:
+    (B, L) int. ``block_size``: keys per block (None: ``DEFAULT_BLOCK_SIZE``).
     Accumulates in fp32 (fp64 for fp64 ``v``); returns ``v``'s dtype. A query row with no
     key to attend returns zeros and passes back zero gradients.
     """
-    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask)
-    block_size = _check_block_size(block_size)
-    return _ChunkedGeometricAttention.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
-                                            block_size)
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
+                           sequence_id=sequence_id, chain_id=chain_id)
+    block_size = check_block_size(block_size, "chunked")
+    return chunked_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
+                        sequence_id=sequence_id, chain_id=chain_id, block_size=block_size)

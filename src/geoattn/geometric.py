@@ -26,7 +26,20 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import softmax
+from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
 from .frames import apply_frame, apply_rotation
+from .masking import pair_mask, zero_masked_keys
+from .validation import (
+    FLOAT_DTYPES,
+    require_bool_mask,
+    require_dtype_arg,
+    require_float_dtype,
+    require_int,
+    require_integer_ids,
+    require_same_device,
+    require_shape,
+    require_tensor,
+)
 
 __all__ = [
     "geometric_attention",
@@ -40,143 +53,127 @@ __all__ = [
     "GeometricSelfAttention",
 ]
 
-IMPLS = ("auto", "naive", "chunked", "triton")
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_VECTORS = ("q_rot", "k_rot", "q_dist", "k_dist", "v")
-
-
-def check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None):
-    """Validate the contract's inputs; return (B, L, H). Each error names the offending argument.
-
-    ``v`` may be None (for the attention map alone, which needs no values).
-    """
-    tensors = dict(zip(_VECTORS, (q_rot, k_rot, q_dist, k_dist, v)))
-    if v is None:
-        del tensors["v"]
-    vectors = tuple(tensors)
-    tensors.update(rot_weight=rot_weight, dist_weight=dist_weight)
-    if key_mask is not None:
-        tensors["key_mask"] = key_mask
-    for name, t in tensors.items():
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name in vectors:
-        t = tensors[name]
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have rank 4, shape (B, L, H, 3); got shape {tuple(t.shape)}")
-        if t.shape[-1] != 3:
-            raise ValueError(f"{name} must have a last dimension of 3 (a 3-D vector); got shape {tuple(t.shape)}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be floating point (fp64, fp32, fp16 or bf16); got {t.dtype}")
-    shape = q_rot.shape
-    for name in vectors[1:]:
-        if tensors[name].shape != shape:
-            raise ValueError(
-                f"{name} has shape {tuple(tensors[name].shape)} but q_rot has {tuple(shape)}: B, L and H must match"
-            )
-    b, length, h, _ = shape
-    for name in ("rot_weight", "dist_weight"):
-        if tensors[name].shape != (h,):
-            raise ValueError(f"{name} must have shape (H,) = ({h},); got {tuple(tensors[name].shape)}")
-        if tensors[name].dtype not in _FLOATS:
-            raise ValueError(f"{name} must be floating point; got {tensors[name].dtype}")
-    if key_mask is not None:
-        if key_mask.dtype != torch.bool:
-            raise ValueError(f"key_mask must be a bool tensor (True = may attend); got {key_mask.dtype}")
-        if key_mask.shape != (b, length):
-            raise ValueError(f"key_mask must have shape (B, L) = ({b}, {length}); got {tuple(key_mask.shape)}")
-    device = q_rot.device
-    for name, t in tensors.items():
-        if t.device != device:
-            raise ValueError(f"{name} is on {t.device} but q_rot is on {device}: all inputs must share one device")
-    return b, length, h
+_INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
 def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
-    """‖x‖₂ along ``dim`` whose gradient at x = 0 is 0 (the minimal-norm subgradient), not NaN.
-
-    The double ``where`` keeps the value exact (0 at 0) and keeps sqrt's infinite
-    derivative at 0 out of the backward pass.
-    """
-    sq = (x * x).sum(dim)
-    nonzero = sq > 0
-    return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+    """‖x‖₂ along ``dim``, with gradient 0 at x = 0 (the minimal-norm subgradient) and NaN
+    for a NaN vector. ``torch.linalg.vector_norm`` already defines both, without the (…, 3)
+    temporary that squaring by hand would allocate."""
+    return torch.linalg.vector_norm(x, dim=dim)
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    # Accumulate in fp32 for fp16/bf16/fp32 inputs; keep fp64 when asked for it.
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, *, compute_dtype=None):
-    """The scores A of lines 7-9, before the softmax: shape (B, H, L, L).
-
-    A[b,h,i,j] = w_r[h]·(q_r[b,i,h]·k_r[b,j,h])/√3 − w_d[h]·‖q_d[b,i,h] − k_d[b,j,h]‖₂/√3
-
-    Computed in ``compute_dtype``: by default fp32, or fp64 for fp64 input.
-    """
-    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight)
-    compute = compute_dtype or _compute_dtype(q_rot)
+def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id=None, compute=torch.float32):
     qr, kr, qd, kd = (t.to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))  # (B, H, L, 3)
     w_r = rot_weight.to(compute)[None, :, None, None]
     w_d = dist_weight.to(compute)[None, :, None, None]
     # line 7: R[i,j,h] = q_r[i,h] · k_r[j,h] / √3
-    rot = qr @ kr.transpose(-1, -2) / math.sqrt(3.0)  # (B, H, L, L)
+    rot = qr @ kr.transpose(-1, -2) * _INV_SQRT3  # (B, H, L, L)
     # line 8 (corrected): D[i,j,h] = ‖q_d[i,h] − k_d[j,h]‖₂ / √3, from the *distance* vectors
     diff = qd[:, :, :, None, :] - kd[:, :, None, :, :]  # (B, H, L, L, 3), as ESM materializes it
-    dist = safe_norm(diff) / math.sqrt(3.0)  # (B, H, L, L)
+    dist = safe_norm(diff) * _INV_SQRT3  # (B, H, L, L)
     # line 9: A = softplus(w̄_r) R − softplus(w̄_d) D  (the weights arrive already through softplus)
-    return w_r * rot - w_d * dist
+    scores = w_r * rot - w_d * dist
+    if sequence_id is not None:  # ESM's "bias": +1 for a pair in the same sequence (not a mask)
+        scores = scores + (sequence_id[:, :, None] == sequence_id[:, None, :])[:, None].to(compute)
+    return scores
 
 
-def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask=None):
-    """The attention map of line 10, softmax_j(A): shape (B, H, L, L), rows sum to 1.
+def geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, *, sequence_id=None,
+                     compute_dtype=None):
+    """The scores A of lines 7-9, before the softmax: shape (B, H, L, L). Validates its inputs.
 
-    Masked keys (``key_mask`` False) get weight 0; a row with no key left is all zeros.
+    A[b,h,i,j] = w_r[h]·(q_r[b,i,h]·k_r[b,j,h])/√3 − w_d[h]·‖q_d[b,i,h] − k_d[b,j,h]‖₂/√3
+                 (+ 1 where ``sequence_id`` is given and i, j share a sequence id)
+
+    Computed in ``compute_dtype`` (a floating torch.dtype): by default fp32, or fp64 for
+    fp64 input.
     """
-    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, key_mask)
-    logits = geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight)  # lines 7-9
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return softmax(logits, dim=-1, mask=mask)  # line 10
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, sequence_id=sequence_id)
+    compute = _compute_dtype_arg(compute_dtype, q_rot)
+    return _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id, compute)
 
 
-def _naive(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask):
-    compute = _compute_dtype(v)
-    if q_rot.shape[1] == 0:  # no residues: nothing to attend, nothing to return
-        return torch.zeros_like(v)
-    logits = geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, compute_dtype=compute)
-    attn = softmax(logits, dim=-1, mask=None if key_mask is None else key_mask[:, None, None, :])  # line 10
+def _compute_dtype_arg(dtype, reference: Tensor) -> torch.dtype:
+    return compute_dtype(reference) if dtype is None else require_dtype_arg("compute_dtype", dtype, FLOAT_DTYPES)
+
+
+def _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
+                   compute):
+    k_rot, k_dist = zero_masked_keys(key_mask, k_rot, k_dist)
+    logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id, compute)  # lines 7-9
+    return softmax(logits, dim=-1, mask=pair_mask(key_mask, chain_id))  # line 10
+
+
+def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask=None, *,
+                                sequence_id=None, chain_id=None):
+    """The attention map of line 10, softmax_j(A): shape (B, H, L, L), rows sum to 1.
+    Validates its inputs.
+
+    Masked keys (``key_mask`` False) and pairs in different chains (``chain_id``) get
+    weight 0; a row with no key left is all zeros.
+    """
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, key_mask,
+                           sequence_id=sequence_id, chain_id=chain_id)
+    return _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
+                          compute_dtype(q_rot))
+
+
+def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                              sequence_id=None, chain_id=None, block_size=None):
+    """The readable reference: materializes A (and ESM's (L, L, 3) differences).
+
+    Does not validate: :func:`geometric_attention` checks the contract once and calls this.
+    ``block_size`` is accepted and ignored, so every implementation takes the same options.
+    """
+    del block_size  # naive holds every score at once
+    compute = compute_dtype(v)
+    (v,) = zero_masked_keys(key_mask, v)
+    attn = _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
+                          compute)  # lines 7-10
     out = attn @ v.to(compute).transpose(1, 2)  # line 12: O = A · V, (B, H, L, 3)
     return out.transpose(1, 2).to(v.dtype)
 
 
-def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *, impl="auto",
-                        **kwargs):
+def _implementation(impl: str):
+    if impl == "naive":
+        return naive_geometric_attention
+    if impl == "chunked":
+        from .chunked import chunked_core
+
+        return chunked_core
+    from .triton_kernels import triton_core  # imports Triton: only when asked for
+
+    return triton_core
+
+
+def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                        sequence_id=None, chain_id=None, block_size=None, impl="auto"):
     """Geometric attention over vectors already in the global frame; see the module docstring.
 
     Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3). ``rot_weight``, ``dist_weight``:
     (H,), non-negative (already through softplus). ``key_mask``: (B, L) bool, True = key
-    may be attended. Returns a tensor shaped and typed like ``v``; math runs in fp32
-    (fp64 for fp64 inputs). A query row with no key to attend returns zeros.
-    Extra keyword arguments (e.g. ``block_size``) go to the chosen implementation.
+    may be attended. ``sequence_id``: (B, L) int, adds +1 to the score of every pair in one
+    sequence (ESM's bias). ``chain_id``: (B, L) int, masks every pair in different chains.
+
+    ``impl``: "naive", "chunked", "triton" or "auto" (Triton on CUDA, chunked elsewhere).
+    ``block_size``: keys per block, or None for the implementation's own choice; naive
+    ignores it, chunked takes any int >= 1, triton one of ``contract.TRITON_BLOCK_SIZES``.
+
+    Validates the inputs once, then runs the chosen implementation. Returns a tensor shaped
+    and typed like ``v``; math runs in fp32 (fp64 for fp64 inputs). A query row with no key
+    to attend returns zeros. Values at masked keys never matter, even NaN or inf; a NaN in
+    an input that is not masked gives NaN in the outputs it reaches.
     """
-    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask)
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
+                           sequence_id=sequence_id, chain_id=chain_id)
+    impl = check_impl(impl)
     if impl == "auto":
         impl = "triton" if q_rot.is_cuda else "chunked"
-    args = (q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask)
-    if impl == "naive":
-        if kwargs:
-            raise ValueError(f"impl='naive' takes no extra options; got {sorted(kwargs)}")
-        return _naive(*args)
-    if impl == "chunked":
-        from .chunked import chunked_geometric_attention
-
-        return chunked_geometric_attention(*args, **kwargs)
-    from .triton_kernels import triton_geometric_attention
-
-    return triton_geometric_attention(*args, **kwargs)
+    block_size = check_block_size(block_size, impl)
+    run = _implementation(impl)
+    return run(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask, sequence_id=sequence_id,
+               chain_id=chain_id, block_size=block_size)
 
 
 def random_geometric_inputs(batch: int, length: int, heads: int, *, seed: int = 0, dist_scale: float = 1.0,
@@ -273,8 +270,7 @@ class GeometricSelfAttention(nn.Module):
                  bias: bool = True, impl: str = "auto"):
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("num_vector_messages", num_vector_messages)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            require_int(name, value, minimum=1)
         self.d_model, self.n_heads, self.num_vector_messages = d_model, n_heads, num_vector_messages
         self.impl = impl
         self.norm = nn.LayerNorm(d_model, bias=bias) if pre_layernorm else nn.Identity()
@@ -292,9 +288,7 @@ class GeometricSelfAttention(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        if value not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}; got {value!r}")
-        self._impl = value
+        self._impl = check_impl(value)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, "
@@ -305,7 +299,7 @@ class GeometricSelfAttention(nn.Module):
         return F.softplus(self.rot_scale), F.softplus(self.dist_scale)
 
     @torch.no_grad()
-    def set_head_weights(self, rot_weight=None, dist_weight=None) -> "GeometricSelfAttention":
+    def set_head_weights(self, rot_weight=None, dist_weight=None) -> GeometricSelfAttention:
         """Set the per-head weights *after* softplus (non-negative; a number or H numbers).
 
         For demonstrations, e.g. a pure distance head: ``set_head_weights(rot_weight=0, dist_weight=3)``.
@@ -324,34 +318,20 @@ class GeometricSelfAttention(nn.Module):
             param.copy_(_inverse_softplus(w).expand(self.n_heads))
         return self
 
-    def _check_inputs(self, x, rotations, translations, mask):
-        for name, t in (("x", x), ("rotations", rotations), ("translations", translations)):
-            if not isinstance(t, Tensor):
-                raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    def _check_inputs(self, x, rotations, translations, mask, sequence_id=None, chain_id=None):
+        require_tensor("x", x)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}); got {tuple(x.shape)}")
         b, length = x.shape[:2]
-        if rotations.shape != (b, length, 3, 3):
-            raise ValueError(f"rotations must have shape (B, L, 3, 3) = ({b}, {length}, 3, 3); "
-                             f"got {tuple(rotations.shape)}")
-        if translations.shape != (b, length, 3):
-            raise ValueError(f"translations must have shape (B, L, 3) = ({b}, {length}, 3); "
-                             f"got {tuple(translations.shape)}")
+        require_shape("rotations", require_tensor("rotations", rotations), (b, length, 3, 3), "(B, L, 3, 3)")
+        require_shape("translations", require_tensor("translations", translations), (b, length, 3), "(B, L, 3)")
         for name, t in (("x", x), ("rotations", rotations), ("translations", translations)):
-            if t.dtype not in _FLOATS:
-                raise ValueError(f"{name} must be floating point; got {t.dtype}")
-        tensors = {"rotations": rotations, "translations": translations}
-        if mask is not None:
-            if not isinstance(mask, Tensor):
-                raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-            if mask.dtype != torch.bool:
-                raise ValueError(f"mask must be a bool tensor (True = residue present); got {mask.dtype}")
-            if mask.shape != (b, length):
-                raise ValueError(f"mask must have shape (B, L) = ({b}, {length}); got {tuple(mask.shape)}")
-            tensors["mask"] = mask
-        for name, t in tensors.items():
-            if t.device != x.device:
-                raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all inputs must share one device")
+            require_float_dtype(name, t)
+        require_bool_mask("mask", mask, (b, length), "(B, L)", meaning="True = residue present")
+        require_integer_ids("sequence_id", sequence_id, (b, length))
+        require_integer_ids("chain_id", chain_id, (b, length))
+        require_same_device({"x": x, "rotations": rotations, "translations": translations, "mask": mask,
+                             "sequence_id": sequence_id, "chain_id": chain_id}, "x")
 
     def vectors(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None):
         """Lines 1-6 and 11: the five vector sets in the global frame, as :class:`GeometricVectors`."""

@@ -50,6 +50,9 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .contract import check_block_size, check_geometric_inputs
+from .masking import zero_masked_keys
+
 try:
     import triton
     import triton.language as tl
@@ -524,15 +527,15 @@ def _planes(x: Tensor, padded: int) -> Tensor:
     return planes.contiguous()  # a zero pad may hand back the strided view itself
 
 
-def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
-                               block_size=None):
-    """Geometric attention with the Triton kernels; the contract of ``geoattn.geometric_attention``.
+def triton_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *, sequence_id=None,
+                chain_id=None, block_size=None):
+    """The Triton implementation without input validation (the dispatcher validated).
 
-    Called by the dispatcher after input validation. Inputs must be CUDA tensors, or CPU
-    tensors when ``TRITON_INTERPRET=1`` was set before triton was first imported (Triton's
-    interpreter: correct but slow). ``block_size`` (a power of two, 16 to 256) fixes BLOCK_Q =
-    BLOCK_K and skips autotuning. Math in fp32; the output has ``v``'s dtype (fp64 inputs
-    are computed in fp32). Differentiable in all seven tensor inputs.
+    Inputs must be CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1`` was set before
+    triton was first imported (Triton's interpreter: correct but slow). ``block_size`` (one
+    of ``contract.TRITON_BLOCK_SIZES``) fixes BLOCK_Q = BLOCK_K and skips autotuning. Math in
+    fp32; the output has ``v``'s dtype (fp64 inputs are computed in fp32). Differentiable in
+    all seven tensor inputs.
     """
     if (not q_rot.is_cuda and not INTERPRETED) or INTERPRETED != _LIBRARY_INTERPRETED:
         late = ""
@@ -543,14 +546,12 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
             f"q_rot is on {q_rot.device}{late}. Set TRITON_INTERPRET=1 before anything imports triton "
             "(e.g. at the top of the notebook or script), or use impl='chunked'."
         )
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or not 16 <= block_size <= 256
-        or block_size & (block_size - 1)
-    ):
-        raise ValueError(f"block_size must be a power of two from 16 to 256; got {block_size!r}")
+    if sequence_id is not None or chain_id is not None:
+        raise NotImplementedError("impl='triton' does not take sequence_id or chain_id yet; use impl='chunked'")
     b, length, h, _ = q_rot.shape
     if v.numel() == 0:
         return v.clone()
+    k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
     padded = triton.cdiv(length, block_size or _PAD) * (block_size or _PAD)
     a = q_rot.float() * (rot_weight.float() * _SCALE)[:, None]  # the rotation term scales only q_rot
     c = (dist_weight.float() * _SCALE).contiguous()
@@ -562,3 +563,14 @@ def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():  # launch on the inputs' GPU
         o = _GeometricAttentionFn.apply(*planes, c, bias, h, length, block_size)
     return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype)
+
+
+def triton_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                               sequence_id=None, chain_id=None, block_size=None):
+    """Geometric attention with the Triton kernels; the contract of ``geoattn.geometric_attention``.
+    Validates its inputs (the dispatcher calls :func:`triton_core` instead)."""
+    check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
+                           sequence_id=sequence_id, chain_id=chain_id)
+    block_size = check_block_size(block_size, "triton")
+    return triton_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask, sequence_id=sequence_id,
+                       chain_id=chain_id, block_size=block_size)

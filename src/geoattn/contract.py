@@ -1,0 +1,108 @@
+"""The input contract of geometric attention, checked once per call.
+
+Every implementation (``naive`` in :mod:`geoattn.geometric`, ``chunked`` in
+:mod:`geoattn.chunked`, ``triton`` in :mod:`geoattn.triton_kernels`) imports this module,
+and none imports another, so imports only go down. The dispatcher
+:func:`geoattn.geometric_attention` calls :func:`check_geometric_inputs` once and then the
+chosen implementation's unchecked core.
+
+The contract (see ``DESIGN.md``):
+
+- ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3), floating point (fp64, fp32, fp16,
+  bf16), one device;
+- ``rot_weight, dist_weight``: (H,), floating point, non-negative (after softplus);
+- ``key_mask``: (B, L) bool, True = the key may be attended;
+- ``sequence_id``: (B, L) integer; +1 on the score of every pair in one sequence;
+- ``chain_id``: (B, L) integer; a pair in different chains is masked;
+- ``block_size``: None (the implementation's choice) or an int that :data:`BLOCK_SIZES`
+  allows for the implementation.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .validation import (
+    require_bool_mask,
+    require_float_dtype,
+    require_int,
+    require_integer_ids,
+    require_same_device,
+    require_shape,
+    require_tensor,
+)
+
+__all__ = ["IMPLS", "BLOCK_SIZES", "TRITON_BLOCK_SIZES", "check_geometric_inputs", "check_impl",
+           "check_block_size", "compute_dtype"]
+
+IMPLS = ("auto", "naive", "chunked", "triton")
+
+#: Explicit key-block sizes the Triton kernels accept (each compiles without spills).
+TRITON_BLOCK_SIZES = (16, 32, 64)
+
+#: Which ``block_size`` each implementation accepts, besides None (its own choice):
+#: naive materializes every score, so it accepts any positive int and ignores it (callers
+#: need no special case); chunked takes any positive int; triton only the sizes above.
+BLOCK_SIZES = {
+    "naive": "any int >= 1 (ignored: naive holds every score at once)",
+    "chunked": "any int >= 1",
+    "triton": f"one of {TRITON_BLOCK_SIZES}",
+}
+
+_VECTORS = ("q_rot", "k_rot", "q_dist", "k_dist", "v")
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """fp32 accumulation for fp16, bf16 and fp32 inputs; fp64 kept when asked for."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def check_impl(impl) -> str:
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be a str, one of {IMPLS}; got {type(impl).__name__}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    return impl
+
+
+def check_block_size(block_size, impl: str) -> int | None:
+    """None, or a block size that ``impl`` (already resolved, not "auto") accepts."""
+    if block_size is None:
+        return None
+    block_size = require_int("block_size", block_size, minimum=1)
+    if impl == "triton" and block_size not in TRITON_BLOCK_SIZES:
+        raise ValueError(f"block_size for impl='triton' must be one of {TRITON_BLOCK_SIZES} (sizes that "
+                         f"compile without register spills) or None; got {block_size}")
+    return block_size
+
+
+def check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
+                           sequence_id=None, chain_id=None) -> tuple[int, int, int]:
+    """Validate the contract's inputs; return (B, L, H). Errors name the argument.
+
+    ``v`` may be None (the attention map alone needs no values).
+    """
+    given = dict(zip(_VECTORS, (q_rot, k_rot, q_dist, k_dist, v)))
+    if v is None:
+        del given["v"]
+    for name, t in given.items():
+        require_tensor(name, t)
+        if t.dim() != 4 or t.shape[-1] != 3:
+            raise ValueError(f"{name} must have shape (B, L, H, 3); got {tuple(t.shape)}")
+        require_float_dtype(name, t)
+    shape = q_rot.shape
+    for name, t in given.items():
+        if t.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but q_rot has {tuple(shape)}: "
+                             "B, L and H must match")
+    b, length, h, _ = shape
+    for name, w in (("rot_weight", rot_weight), ("dist_weight", dist_weight)):
+        require_tensor(name, w)
+        require_shape(name, w, (h,), "(H,)")
+        require_float_dtype(name, w)
+    require_bool_mask("key_mask", key_mask, (b, length), "(B, L)")
+    require_integer_ids("sequence_id", sequence_id, (b, length))
+    require_integer_ids("chain_id", chain_id, (b, length))
+    require_same_device({**given, "rot_weight": rot_weight, "dist_weight": dist_weight, "key_mask": key_mask,
+                         "sequence_id": sequence_id, "chain_id": chain_id}, "q_rot")
+    return b, length, h

@@ -1,0 +1,131 @@
+"""The library's one error policy, as one-line helpers.
+
+- A wrong *type* raises ``TypeError``; a wrong shape, dtype, device or value raises
+  ``ValueError``.
+- Every message starts with the argument's name, as the caller wrote it.
+
+The functions the book shows call these helpers in one line each, so the page shows the
+math and not the argument checks.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "require_tensor",
+    "require_int",
+    "require_number",
+    "require_float_dtype",
+    "require_dtype_arg",
+    "require_bool_mask",
+    "require_integer_ids",
+    "require_shape",
+    "require_trailing",
+    "require_same_device",
+]
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def require_tensor(name: str, x, *, optional: bool = False) -> Tensor | None:
+    """``x`` itself if it is a tensor (or None when ``optional``); else TypeError."""
+    if x is None and optional:
+        return None
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def require_int(name: str, value, *, minimum: int | None = None) -> int:
+    """A Python/NumPy integer (not bool, not float) that is ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_number(name: str, value, *, minimum: float | None = None, finite: bool = True) -> float:
+    """A real number (not bool), finite unless ``finite=False``, ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def require_float_dtype(name: str, t: Tensor, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES) -> Tensor:
+    """``t`` if its dtype is one of the floating ``dtypes``; else ValueError."""
+    dtypes = tuple(dtypes)
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{name} must be floating point ({allowed}); got {t.dtype}")
+    return t
+
+
+def require_dtype_arg(name: str, dtype, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES) -> torch.dtype:
+    """A ``dtype=`` argument: a torch.dtype (TypeError otherwise) among ``dtypes``."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, got {type(dtype).__name__} {dtype!r}")
+    dtypes = tuple(dtypes)
+    if dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{name} must be one of {allowed}; got {dtype}")
+    return dtype
+
+
+def require_shape(name: str, t: Tensor, shape: tuple, what: str = "") -> Tensor:
+    """``t`` if ``t.shape == shape``; ``what`` names the dimensions, e.g. ``"(B, L)"``."""
+    if tuple(t.shape) != tuple(shape):
+        label = f"{what} = {tuple(shape)}" if what else f"{tuple(shape)}"
+        raise ValueError(f"{name} must have shape {label}; got {tuple(t.shape)}")
+    return t
+
+
+def require_trailing(name: str, t: Tensor, trailing: tuple, what: str) -> Tensor:
+    """``t`` if its last dimensions are ``trailing`` (e.g. (3, 3) for rotations)."""
+    n = len(trailing)
+    if t.dim() < n or tuple(t.shape[t.dim() - n:]) != tuple(trailing):
+        raise ValueError(f"{name} must have shape {what}; got {tuple(t.shape)}")
+    return t
+
+
+def require_bool_mask(name: str, mask: Tensor | None, shape: tuple | None = None, what: str = "",
+                      meaning: str = "True = may attend") -> Tensor | None:
+    """None, or a bool tensor (of ``shape``, when given)."""
+    if mask is None:
+        return None
+    require_tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor ({meaning}); got {mask.dtype}")
+    if shape is not None:
+        require_shape(name, mask, shape, what)
+    return mask
+
+
+def require_integer_ids(name: str, ids: Tensor | None, shape: tuple, what: str = "(B, L)") -> Tensor | None:
+    """None, or an integer (not bool, not float) tensor of ``shape``: chain or sequence ids."""
+    if ids is None:
+        return None
+    require_tensor(name, ids)
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"{name} must be an integer tensor; got {ids.dtype}")
+    return require_shape(name, ids, shape, what)
+
+
+def require_same_device(tensors: Mapping[str, Tensor | None], reference: str) -> None:
+    """Every tensor in ``tensors`` sits on the device of ``tensors[reference]``."""
+    device = tensors[reference].device
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {reference} is on {device}: "
+                             "all inputs must share one device")
