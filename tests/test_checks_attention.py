@@ -6,7 +6,7 @@ import einops
 import pytest
 import torch
 
-from geoattn import checks
+from geoattn.course import checks
 
 
 def _not_implemented(*args):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import geoattn
-from geoattn.checks import CheckResult, check_frames_from_backbone, check_invert_frame
+from geoattn.course.checks import CheckResult, check_frames_from_backbone, check_invert_frame
 
 
 def _written_out_invert(r, t):
@@ -28,8 +28,8 @@ def _unit(v):
 
 
 def test_checks_are_exported():
-    assert geoattn.checks.check_invert_frame is check_invert_frame
-    assert geoattn.checks.check_frames_from_backbone is check_frames_from_backbone
+    assert geoattn.course.checks.check_invert_frame is check_invert_frame
+    assert geoattn.course.checks.check_frames_from_backbone is check_frames_from_backbone
 
 
 @pytest.mark.parametrize("fn", [geoattn.invert_frame, _written_out_invert])

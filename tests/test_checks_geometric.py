@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from geoattn import checks
+from geoattn.course import checks
 
 
 def _not_implemented(*args):

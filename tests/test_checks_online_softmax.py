@@ -1,7 +1,7 @@
 """The chapter 5 exercise checks pass correct answers and fail plausible wrong ones."""
 import torch
 
-from geoattn.checks import check_online_softmax_merge, check_online_softmax_step
+from geoattn.course.checks import check_online_softmax_merge, check_online_softmax_step
 
 
 def good_step(m, l, acc, s, v):

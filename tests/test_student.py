@@ -1,4 +1,4 @@
-"""Student copies (``geoattn.student``): the solutions are gone and the copies run up to the
+"""Student copies (``geoattn.course.student``): the solutions are gone and the copies run up to the
 first exercise stub. The copies are build products, never committed to main: the workflow
 regenerates them from ``book/`` on every push to main and publishes them on the
 ``student`` branch, which the Colab links in README and the intro open."""
@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from geoattn import student
-from geoattn.student import BEGIN, END, make_student_notebook, write_student_notebooks
+from geoattn.course import student
+from geoattn.course.student import BEGIN, END, make_student_notebook, write_student_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHAPTERS = sorted(p.name for p in BOOK.glob("*.ipynb"))
-REGENERATE = "python -m geoattn.student book/ assignments/"
+REGENERATE = "python -m geoattn.course.student book/ assignments/"
 STUDENT_BRANCH = "student"
 _REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
 COLAB_ASSIGNMENTS = ("https://colab.research.google.com/github/" + _REPO.removeprefix("https://github.com/")
@@ -60,7 +60,8 @@ def _chapter() -> nbformat.NotebookNode:
         new_markdown_cell("```{solution} ex-t-c\nThe other secret answer.\n```"),
         new_markdown_cell("## After the exercises"),
     ]
-    nb = new_notebook(cells=cells, metadata={"accelerator": "GPU", "kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    kernelspec = {"name": "python3", "display_name": "Python 3"}
+    nb = new_notebook(cells=cells, metadata={"accelerator": "GPU", "kernelspec": kernelspec})
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.execution_count = i
@@ -204,7 +205,8 @@ def _text(cell) -> str:
 
 
 def _stub_cells(nb) -> list[int]:
-    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "raise NotImplementedError(\"exercise:" in c.source]
+    stub = 'raise NotImplementedError("exercise:'
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and stub in c.source]
 
 
 def _assert_runs_up_to_the_first_stub(nb, name: str):
@@ -233,8 +235,8 @@ def _assert_runs_up_to_the_first_stub(nb, name: str):
 
 SYNTHETIC_CHECK = (
     "import torch, geoattn\n"
-    "geoattn.checks.run_check('check_double', {fn}, "
-    "[geoattn.checks.Case('ones', (torch.ones(2),), torch.full((2,), 2.0))])"
+    "geoattn.course.checks.run_check('check_double', {fn}, "
+    "[geoattn.course.checks.Case('ones', (torch.ones(2),), torch.full((2,), 2.0))])"
 )
 
 
@@ -367,7 +369,7 @@ def test_workflow_publishes_the_student_copies_on_their_branch():
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     assert "refs/heads/main" in job["if"] and "push" in job["if"] and job["needs"] == "build"
     assert job["permissions"] == {"contents": "write"}
-    assert "python -m geoattn.student book/ " in runs
+    assert "python -m geoattn.course.student book/ " in runs
     assert f"HEAD:refs/heads/{STUDENT_BRANCH}" in runs
 
 

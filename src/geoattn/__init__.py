@@ -44,7 +44,7 @@ def __getattr__(name: str):
     table = _exports()
     if name in table:
         value = getattr(importlib.import_module(f"{__name__}.{table[name]}"), name)
-    else:  # a submodule or subpackage, e.g. ``geoattn.checks``
+    else:  # a submodule or subpackage, e.g. ``geoattn.course.checks``
         try:
             value = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as err:

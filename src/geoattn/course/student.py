@@ -13,7 +13,7 @@ in this pattern (one markdown cell per directive)::
         ### BEGIN SOLUTION
         ...                            <- the solution: becomes `raise NotImplementedError(...)`
         ### END SOLUTION
-    geoattn.checks.check_softmax(my_softmax)
+    geoattn.course.checks.check_softmax(my_softmax)
     ```{solution-end}                  <- markdown, dropped
     ```
 
@@ -26,7 +26,7 @@ markers, a solution block that never ends, solution code outside the markers) ra
 ``ValueError`` naming the notebook and the cell, because a silent mistake here would
 hand the answers to the students.
 
-Run it as ``python -m geoattn.student book/ assignments/``.
+Run it as ``python -m geoattn.course.student book/ assignments/``.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def write_student_notebooks(src_dir: str | Path, out_dir: str | Path) -> list[Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m geoattn.student",
+        prog="python -m geoattn.course.student",
         description="Write student copies (solutions removed, outputs cleared) of the chapter notebooks.",
     )
     parser.add_argument("src_dir", help="folder with the chapter notebooks, e.g. book/")

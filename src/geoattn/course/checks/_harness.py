@@ -2,8 +2,9 @@
 with the library's answer, and report a clear pass or a hint, never the answer itself."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 

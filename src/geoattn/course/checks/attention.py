@@ -9,14 +9,15 @@ hint can name the likely slip without giving the answer away.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention, softmax
-from ..seed_example import seed_tensors
-from ._harness import Case, CheckResult, run_check, seeded_randn as _randn
+from ...attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention, softmax
+from ...seed_example import seed_tensors
+from ._harness import Case, CheckResult, run_check
+from ._harness import seeded_randn as _randn
 
 __all__ = [
     "check_softmax",

@@ -8,13 +8,13 @@ names the likely slip (without giving the formula away).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..frames import frames_from_backbone, invert_frame, random_rigid
-from ..structure import ubiquitin
+from ...frames import frames_from_backbone, invert_frame, random_rigid
+from ...structure import ubiquitin
 from ._harness import Case, CheckResult, run_check
 
 __all__ = ["check_invert_frame", "check_frames_from_backbone"]
@@ -58,7 +58,8 @@ def check_invert_frame(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) ->
          "the new translation is not just -t: the inverse undoes the shift *and then* the rotation, "
          "so -t must be rotated too."),
         (lambda r, t: (rt(r), rot(rt(r), t)), "the sign of the translation is flipped."),
-        (lambda r, t: (rt(r), -rot(r, t)), "the translation is rotated by R; it must be rotated by the inverse rotation."),
+        (lambda r, t: (rt(r), -rot(r, t)),
+         "the translation is rotated by R; it must be rotated by the inverse rotation."),
         (lambda r, t: (r, -rot(rt(r), t)), "the rotation was not inverted."),
         (lambda r, t: (r.mT if r.dim() == 2 else r.transpose(0, 1), -rot(rt(r), t)),
          "for batched input, transpose only the last two dimensions."),

@@ -10,13 +10,14 @@ the hint can name the likely slip without showing the answer.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..geometric import geometric_logits
-from ._harness import Case, CheckResult, run_check, seeded_randn as _randn
+from ...geometric import geometric_logits
+from ._harness import Case, CheckResult, run_check
+from ._harness import seeded_randn as _randn
 
 __all__ = ["check_distance_term", "check_geometric_scores"]
 
@@ -76,7 +77,8 @@ def check_distance_term(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
 def _score_cases() -> list[Case]:
     def vecs(seed, n=5, dtype=torch.float32):
         return (_randn(n, 3, seed=seed, dtype=dtype), _randn(n, 3, seed=seed + 1, dtype=dtype),
-                _randn(n, 3, seed=seed + 2, dtype=dtype, scale=6.0), _randn(n, 3, seed=seed + 3, dtype=dtype, scale=6.0))
+                _randn(n, 3, seed=seed + 2, dtype=dtype, scale=6.0),
+                _randn(n, 3, seed=seed + 3, dtype=dtype, scale=6.0))
 
     inputs = [
         ((*vecs(30), 0.7, 1.3), "random vectors, w_r = 0.7, w_d = 1.3",

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_step
-from ._harness import Case, CheckResult, run_check, seeded_randn as _randn
+from ...online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_step
+from ._harness import Case, CheckResult, run_check
+from ._harness import seeded_randn as _randn
 
 __all__ = ["check_online_softmax_step", "check_online_softmax_merge"]
 
