@@ -1,13 +1,15 @@
 """Test-session setup shared by every test module."""
-import os
-
 import pytest
 import torch
 
-# Without a GPU, Triton kernels run in its interpreter. The variable must be set before
-# triton is first imported, which is why it lives here and not in a test module.
+from geoattn.devtools.reexecute import apply_environment
+
+# nbval's kernels inherit this process's environment: the same one that
+# `python -m geoattn.devtools.reexecute` runs chapters in (Triton's interpreter, one thread
+# per math library). TRITON_INTERPRET must be set before triton is first imported, which
+# is why it is set here and not in a test module.
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    apply_environment()
 
 
 def pytest_collection_modifyitems(config, items):

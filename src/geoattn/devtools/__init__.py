@@ -1,0 +1,1 @@
+"""Contributor tooling: not imported by the library or the chapters."""
