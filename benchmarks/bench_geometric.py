@@ -280,7 +280,8 @@ def main(argv=None) -> dict:
         "torch.cuda.max_memory_allocated during one run minus memory allocated before it (the inputs)"
         if device == "cuda" else
         "fresh subprocess per configuration; peak resident set size (VmHWM, reset via /proc/self/clear_refs, "
-        "else ru_maxrss) during one run minus the RSS before it, after imports, inputs and a small warm-up call (L <= 64)"
+        "else ru_maxrss) during one run minus the RSS before it, after imports, inputs and a small "
+        "warm-up call (L <= 64)"
     )
     result = {
         "device": _device_name(device),

@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 
 import geoattn
 from geoattn import seed_example
-from geoattn.attention import (MultiHeadAttention, attention_steps, causal_mask, padding_mask,
-                               scaled_dot_product_attention, softmax)
+from geoattn.attention import (
+    MultiHeadAttention,
+    attention_steps,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+    softmax,
+)
 
 SETTINGS = settings(max_examples=20, deadline=None)
 

@@ -3,12 +3,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
 
-from geoattn.plotting import Table, attention_heatmap, fmt  # noqa: E402
+from geoattn.plotting import Table, attention_heatmap, fmt
 
 
 def test_fmt_numbers_vectors_and_matrices():

@@ -233,7 +233,8 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{name} must have shape (B, L, d_model={self.d_model}), got {tuple(t.shape)}")
         b, lq, _ = query.shape
         if key.shape[0] != b or value.shape[0] != b:
-            raise ValueError(f"key and value must have batch size {b} like query, got {key.shape[0]} and {value.shape[0]}")
+            raise ValueError(f"key and value must have batch size {b} like query, "
+                             f"got {key.shape[0]} and {value.shape[0]}")
         if value.shape[1] != key.shape[1]:
             raise ValueError(f"value must have the same length as key: {value.shape[1]} != {key.shape[1]}")
         lk = key.shape[1]
@@ -245,7 +246,7 @@ class MultiHeadAttention(nn.Module):
         return self.w_o(self.merge_heads(z)), alpha
 
     @torch.no_grad()
-    def load_from_torch(self, mha: nn.MultiheadAttention) -> "MultiHeadAttention":
+    def load_from_torch(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:
         """Copy the weights of a ``torch.nn.MultiheadAttention`` (same d_model and heads) into this module."""
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")

@@ -7,7 +7,7 @@ a number in a printed table is checked on every CI run, while a rendered image i
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
