@@ -1,6 +1,7 @@
 """The chunked online-softmax path equals the naive reference, forward and backward."""
 import pytest
 import torch
+from helpers import make_inputs, random_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,21 +9,6 @@ import geoattn
 from geoattn.chunked import chunked_geometric_attention
 
 NAMES = ("q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight")
-
-
-def make_inputs(b, length, h, dtype=torch.float64, seed=0, spread=1.0):
-    """Seven leaf tensors of the contract's shapes; weights non-negative as after softplus."""
-    gen = torch.Generator().manual_seed(seed)
-    vecs = [torch.randn(b, length, h, 3, generator=gen, dtype=torch.float64) for _ in range(5)]
-    vecs[2] = vecs[2] * spread  # spread the points so distances matter
-    vecs[3] = vecs[3] * spread
-    weights = [torch.rand(h, generator=gen, dtype=torch.float64) + 0.1 for _ in range(2)]
-    return [t.to(dtype).requires_grad_() for t in (*vecs, *weights)]
-
-
-def random_mask(b, length, seed=0, p=0.7):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(b, length, generator=gen) < p
 
 
 def outputs_and_grads(impl, inputs, key_mask=None, seed=1, **kw):
@@ -52,28 +38,28 @@ def assert_matches_naive(inputs, key_mask=None, *, atol, rtol, **kw):
     ],
 )
 def test_fp64_forward_and_gradients_equal_naive(b, length, h, block_size):
-    inputs = make_inputs(b, length, h, spread=2.0)
+    inputs = make_inputs(0, b, length, h, spread=2.0, requires_grad=True)
     assert_matches_naive(inputs, atol=1e-10, rtol=1e-10, block_size=block_size)
 
 
 @pytest.mark.parametrize("block_size", [4, 13, 128])
 def test_fp64_with_key_mask_and_a_fully_masked_sequence(block_size):
-    inputs = make_inputs(3, 13, 2, seed=3)
-    key_mask = random_mask(3, 13, seed=4)
+    inputs = make_inputs(3, 3, 13, 2, spread=1.0, requires_grad=True)
+    key_mask = random_mask(4, 3, 13)
     key_mask[1] = False  # sequence 1 has no key at all: every row of it is empty
     assert_matches_naive(inputs, key_mask, atol=1e-10, rtol=1e-10, block_size=block_size)
 
 
 def test_fp32_forward_and_gradients_equal_naive():
-    inputs = make_inputs(2, 70, 3, dtype=torch.float32, seed=5, spread=3.0)
-    key_mask = random_mask(2, 70, seed=6)
+    inputs = make_inputs(5, 2, 70, 3, dtype=torch.float32, spread=3.0, requires_grad=True)
+    key_mask = random_mask(6, 2, 70)
     assert_matches_naive(inputs, key_mask, atol=2e-5, rtol=1e-4, block_size=16)
 
 
 def test_fp32_far_from_origin():
     """Coordinates tens of Å from the origin, as in a real protein: the gradient's
     matrix-product form must not cancel digits."""
-    inputs = make_inputs(1, 40, 2, dtype=torch.float32, seed=7, spread=3.0)
+    inputs = make_inputs(7, 1, 40, 2, dtype=torch.float32, spread=3.0, requires_grad=True)
     with torch.no_grad():
         inputs[2] += 50.0
         inputs[3] += 50.0
@@ -81,7 +67,7 @@ def test_fp32_far_from_origin():
 
 
 def test_fully_masked_rows_give_zeros_and_zero_gradients():
-    inputs = make_inputs(2, 6, 2)
+    inputs = make_inputs(0, 2, 6, 2, spread=1.0, requires_grad=True)
     key_mask = torch.ones(2, 6, dtype=torch.bool)
     key_mask[0] = False
     out, grads = outputs_and_grads("chunked", inputs, key_mask, block_size=4)
@@ -94,7 +80,7 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients():
 
 def test_coincident_points_have_zero_distance_subgradient():
     """q_d = k_d makes ‖q_d − k_d‖ = 0, where sqrt has no derivative: the subgradient is 0."""
-    inputs = make_inputs(1, 1, 1)  # one query, one key: the distance is the only pair
+    inputs = make_inputs(0, 1, 1, 1, spread=1.0, requires_grad=True)  # one query, one key: one pair
     with torch.no_grad():
         inputs[3].copy_(inputs[2])
     out, grads = outputs_and_grads("chunked", inputs)
@@ -103,7 +89,7 @@ def test_coincident_points_have_zero_distance_subgradient():
     # A single key gets weight 1 whatever its score, so every score gradient is 0 here ...
     assert (g["q_dist"] == 0).all() and (g["k_dist"] == 0).all()
     # ... so use two keys, one of them sitting exactly on the query.
-    inputs = make_inputs(1, 2, 1, seed=8)
+    inputs = make_inputs(8, 1, 2, 1, spread=1.0, requires_grad=True)
     with torch.no_grad():
         inputs[3][0, 0].copy_(inputs[2][0, 0])  # key 0 coincides with query 0
     assert_matches_naive(inputs, atol=1e-12, rtol=1e-10, block_size=1)
@@ -113,7 +99,7 @@ def test_coincident_points_have_zero_distance_subgradient():
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradcheck_fp64(with_mask):
-    inputs = make_inputs(2, 5, 2, seed=9)
+    inputs = make_inputs(9, 2, 5, 2, spread=1.0, requires_grad=True)
     with torch.no_grad():
         inputs[3][0, 2].copy_(inputs[2][0, 1])  # a coincident query-key pair in every head
     key_mask = None
@@ -126,7 +112,7 @@ def test_gradcheck_fp64(with_mask):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_give_v_dtype_and_fp32_accuracy(dtype):
-    inputs = make_inputs(1, 20, 2, dtype=dtype, seed=10)
+    inputs = make_inputs(10, 1, 20, 2, dtype=dtype, spread=1.0, requires_grad=True)
     out = chunked_geometric_attention(*inputs, block_size=8)
     assert out.dtype == dtype
     ref = geoattn.geometric_attention(*(t.detach().double() for t in inputs), impl="naive")
@@ -138,20 +124,20 @@ def test_half_inputs_give_v_dtype_and_fp32_accuracy(dtype):
 
 
 def test_fp32_inputs_give_fp32():
-    inputs = make_inputs(1, 4, 1, dtype=torch.float32)
+    inputs = make_inputs(0, 1, 4, 1, dtype=torch.float32, spread=1.0, requires_grad=True)
     assert chunked_geometric_attention(*inputs).dtype == torch.float32
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError),
                                         ("8", TypeError)])
 def test_block_size_is_validated(bad, error):
-    inputs = make_inputs(1, 4, 1)
+    inputs = make_inputs(0, 1, 4, 1, spread=1.0, requires_grad=True)
     with pytest.raises(error, match="block_size"):
         chunked_geometric_attention(*inputs, block_size=bad)
 
 
 def test_inputs_are_validated():
-    inputs = make_inputs(1, 4, 2)
+    inputs = make_inputs(0, 1, 4, 2, spread=1.0, requires_grad=True)
     inputs[1] = inputs[1][..., :2]
     with pytest.raises(ValueError, match="k_rot"):
         chunked_geometric_attention(*inputs)
@@ -168,7 +154,7 @@ def test_dispatcher_routes_chunked_and_auto_on_cpu(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(chunked, "chunked_core", spy)
-    inputs = make_inputs(1, 6, 2)
+    inputs = make_inputs(0, 1, 6, 2, spread=1.0, requires_grad=True)
     geoattn.geometric_attention(*inputs, impl="chunked", block_size=4)
     geoattn.geometric_attention(*inputs, impl="auto")
     assert calls == [4, None]
@@ -189,7 +175,7 @@ def test_memory_grows_linearly_not_quadratically():
             return out
 
     length, h, block = 256, 2, 16
-    inputs = make_inputs(1, length, h, dtype=torch.float32)
+    inputs = make_inputs(0, 1, length, h, dtype=torch.float32, spread=1.0, requires_grad=True)
     with LargestTensor() as mode:
         chunked_geometric_attention(*inputs, block_size=block).sum().backward()
     assert mode.largest <= h * length * block
@@ -206,13 +192,13 @@ def test_memory_grows_linearly_not_quadratically():
     masked=st.booleans(),
 )
 def test_property_matches_naive(b, length, h, block_size, seed, masked):
-    inputs = make_inputs(b, length, h, seed=seed, spread=2.0)
-    key_mask = random_mask(b, length, seed=seed + 1, p=0.6) if masked else None
+    inputs = make_inputs(seed, b, length, h, spread=2.0, requires_grad=True)
+    key_mask = random_mask(seed + 1, b, length, p_keep=0.6) if masked else None
     assert_matches_naive(inputs, key_mask, atol=1e-10, rtol=1e-9, block_size=block_size)
 
 
 def test_gradients_only_for_inputs_that_require_them():
-    inputs = [t.detach() for t in make_inputs(1, 9, 2, seed=11)]
+    inputs = [t.detach() for t in make_inputs(11, 1, 9, 2, spread=1.0, requires_grad=True)]
     inputs[4].requires_grad_()  # only v
     inputs[6].requires_grad_()  # and dist_weight
     out = chunked_geometric_attention(*inputs, block_size=4)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import make_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,17 +13,6 @@ import geoattn
 from geoattn.frames import random_rotation
 
 IMPLS_CPU = ("naive", "chunked")  # "auto" is chunked on the CPU; Triton has its own tests
-
-
-def make_inputs(seed, b=2, length=5, h=3, dtype=torch.float64, scale=3.0):
-    """Five (B, L, H, 3) vector sets, positive per-head weights, drawn from one seed."""
-    g = torch.Generator().manual_seed(seed)
-    vecs = [torch.randn(b, length, h, 3, generator=g, dtype=torch.float64) for _ in range(5)]
-    vecs[2] = vecs[2] * scale  # distance vectors are points: spread them out a little
-    vecs[3] = vecs[3] * scale
-    w_r = torch.rand(h, generator=g, dtype=torch.float64) * 2
-    w_d = torch.rand(h, generator=g, dtype=torch.float64) * 2
-    return [t.to(dtype) for t in (*vecs, w_r, w_d)]
 
 
 def loop_reference(q_r, k_r, q_d, k_d, v, w_r, w_d, key_mask=None):

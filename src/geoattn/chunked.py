@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .contract import check_block_size, check_geometric_inputs, compute_dtype
+from .distances import finite_or_nan, key_centre
 from .masking import zero_masked_keys
 from .online_softmax import online_softmax_init, online_softmax_result, online_softmax_update
 
@@ -89,7 +90,7 @@ def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask):
     rot = qr @ kr.transpose(-1, -2)
     # cdist computes the norm of each difference directly (no |q|²+|k|²−2q·k cancellation),
     # without ever storing the (L, n, 3) differences.
-    dist = torch.cdist(qd, kd, compute_mode="donot_use_mm_for_euclid_dist")
+    dist = finite_or_nan(torch.cdist(qd, kd, compute_mode="donot_use_mm_for_euclid_dist"))
     s = w_r * rot - w_d * dist
     if bias is not None:
         s = s + bias
@@ -138,20 +139,6 @@ def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     return dqr, dkr, dqd, dkd, dv, dw_r, dw_d
 
 
-def _centre(kd: Tensor, key_mask: Tensor | None) -> Tensor:
-    """A point near the keys, (B, H, 1, 3), that masked and non-finite keys cannot move.
-
-    Distances do not change when q_d and k_d shift together. Shifting both by this point
-    keeps the matrix-product form of the distance gradient from cancelling digits far from
-    the origin, and keeps squared coordinates far from overflow.
-    """
-    keep = torch.isfinite(kd).all(dim=-1, keepdim=True)  # (B, H, L, 1)
-    if key_mask is not None:
-        keep = keep & key_mask[:, None, :, None]
-    total = torch.where(keep, kd, torch.zeros((), dtype=kd.dtype, device=kd.device)).sum(dim=-2, keepdim=True)
-    return total / keep.sum(dim=-2, keepdim=True).clamp(min=1)
-
-
 class _ChunkedGeometricAttention(torch.autograd.Function):
     """Autograd wrapper: the forward keeps only (out, lse), the backward recomputes blocks."""
 
@@ -160,7 +147,7 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
         qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
-        centre = _centre(kd, pairs.key_mask)
+        centre = key_centre(kd, pairs.key_mask)  # distances ignore a common shift; see geoattn.distances
         qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3

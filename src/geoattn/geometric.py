@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .attention import softmax
 from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
+from .distances import key_centre, safe_norm
 from .frames import apply_frame, apply_rotation
 from .masking import pair_mask, zero_masked_keys
 from .validation import (
@@ -56,15 +57,11 @@ __all__ = [
 _INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
-def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
-    """‖x‖₂ along ``dim``, with gradient 0 at x = 0 (the minimal-norm subgradient) and NaN
-    for a NaN vector. ``torch.linalg.vector_norm`` already defines both, without the (…, 3)
-    temporary that squaring by hand would allocate."""
-    return torch.linalg.vector_norm(x, dim=dim)
-
-
-def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id=None, compute=torch.float32):
+def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id=None, compute=torch.float32,
+                      key_mask=None):
     qr, kr, qd, kd = (t.to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))  # (B, H, L, 3)
+    centre = key_centre(kd, key_mask)  # distances ignore a common shift; centred points keep their digits
+    qd, kd = qd - centre, kd - centre
     w_r = rot_weight.to(compute)[None, :, None, None]
     w_d = dist_weight.to(compute)[None, :, None, None]
     # line 7: R[i,j,h] = q_r[i,h] · k_r[j,h] / √3
@@ -101,7 +98,8 @@ def _compute_dtype_arg(dtype, reference: Tensor) -> torch.dtype:
 def _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                    compute):
     k_rot, k_dist = zero_masked_keys(key_mask, k_rot, k_dist)
-    logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id, compute)  # lines 7-9
+    logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id, compute,
+                               key_mask)  # lines 7-9
     return softmax(logits, dim=-1, mask=pair_mask(key_mask, chain_id))  # line 10
 
 
@@ -127,6 +125,8 @@ def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_
     ``block_size`` is accepted and ignored, so every implementation takes the same options.
     """
     del block_size  # naive holds every score at once
+    if q_rot.shape[1] == 0:  # no residues; an output tied to every input, so each gets its (empty or 0) gradient
+        return v + 0 * sum(t.sum() for t in (q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight))
     compute = compute_dtype(v)
     (v,) = zero_masked_keys(key_mask, v)
     attn = _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,

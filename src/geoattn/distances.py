@@ -1,0 +1,42 @@
+"""The distance term's numerics, shared by the naive and chunked paths.
+
+- :func:`safe_norm`: ‖x‖₂ with gradient 0 at x = 0, and NaN (never a silent 0 or inf)
+  where the norm is not finite.
+- :func:`key_centre`: a point near the keys that masked and non-finite keys cannot move.
+  Distances do not change when q_d and k_d shift together, so both paths subtract it
+  first: points far from the origin but near each other keep every digit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["safe_norm", "finite_or_nan", "key_centre"]
+
+
+def finite_or_nan(d: Tensor) -> Tensor:
+    """``d`` with ±inf replaced by NaN.
+
+    An infinite distance comes from an infinite coordinate at a key that is not masked, or
+    from float32 overflow (points more than ~1.8e19 apart). Its score would be −inf: a
+    weight of exactly 0, or a row of silent zeros. NaN makes the failure visible.
+    """
+    return torch.where(torch.isinf(d), torch.full((), float("nan"), dtype=d.dtype, device=d.device), d)
+
+
+def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
+    """‖x‖₂ along ``dim``: gradient 0 at x = 0 (the minimal-norm subgradient, as
+    ``torch.linalg.vector_norm`` defines it), NaN for a NaN vector or a norm that is not
+    finite. ``vector_norm`` needs no (…, 3) temporary for the squares."""
+    return finite_or_nan(torch.linalg.vector_norm(x, dim=dim))
+
+
+def key_centre(k_dist: Tensor, key_mask: Tensor | None) -> Tensor:
+    """Mean of the finite, unmasked key points: (B, H, 1, 3) for ``k_dist`` (B, H, L, 3),
+    ``key_mask`` (B, L); 0 where no key qualifies."""
+    keep = torch.isfinite(k_dist).all(dim=-1, keepdim=True)  # (B, H, L, 1)
+    if key_mask is not None:
+        keep = keep & key_mask[:, None, :, None]
+    zero = torch.zeros((), dtype=k_dist.dtype, device=k_dist.device)
+    total = torch.where(keep, k_dist, zero).sum(dim=-2, keepdim=True)
+    return total / keep.sum(dim=-2, keepdim=True).clamp(min=1)
