@@ -1,12 +1,12 @@
 """The chunked online-softmax path equals the naive reference, forward and backward."""
 import pytest
 import torch
-from helpers import make_inputs, random_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geoattn
 from geoattn.chunked import chunked_geometric_attention
+from helpers import make_inputs, random_mask
 
 NAMES = ("q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight")
 

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from helpers import make_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geoattn
 from geoattn.frames import random_rotation
+from helpers import make_inputs
 
 IMPLS_CPU = ("naive", "chunked")  # "auto" is chunked on the CPU; Triton has its own tests
 

@@ -160,7 +160,7 @@ def test_moving_one_residue_changes_the_output(motion):
 
 
 def test_masked_residues_are_ignored_even_with_nan_frames():
-    layer = make_layer(4)
+    layer = make_layer(4, bias=True)
     x, rot, trans = make_inputs(4, b=2, length=6)
     mask = torch.tensor([[True, True, True, True, False, False], [False] * 6])
     rot, trans = rot.clone(), trans.clone()
@@ -171,7 +171,7 @@ def test_masked_residues_are_ignored_even_with_nan_frames():
         assert torch.isfinite(out).all()
         short = layer(x[:1, :4], rot[:1, :4], trans[:1, :4])  # the same protein without its masked tail
         torch.testing.assert_close(out[0, :4], short[0], atol=1e-12, rtol=1e-12)
-        # a masked residue sends no message: its output is x + Linear(0)
+        # a masked residue's own output O is zeroed: its update is Linear(0), the output bias
         torch.testing.assert_close(out[0, 4:], x[0, 4:] + layer.out_proj.bias)
         torch.testing.assert_close(out[1], x[1] + layer.out_proj.bias)
 

@@ -32,11 +32,13 @@ from .frames import apply_frame, apply_rotation
 from .masking import pair_mask, zero_masked_keys
 from .validation import (
     FLOAT_DTYPES,
+    require_bool,
     require_bool_mask,
     require_dtype_arg,
     require_float_dtype,
     require_int,
     require_integer_ids,
+    require_number,
     require_same_device,
     require_shape,
     require_tensor,
@@ -242,23 +244,34 @@ class GeometricSelfAttention(nn.Module):
         o_{ih} = R_i^{-1} \sum_j \mathrm{softmax}_j(A)_{ijh}\, v_{jh},\qquad
         x_i \leftarrow x_i + \mathrm{Linear}(o_i)
 
-    ``forward(x, rotations, translations, mask=None)``: ``x`` (B, L, d_model), ``rotations``
-    (B, L, 3, 3) local → global, ``translations`` (B, L, 3), ``mask`` (B, L) bool, True for
-    residues that exist and have a frame. Returns (B, L, d_model). A masked residue is never
-    attended to, its frame is replaced by the identity (so NaN frames of missing residues
-    cannot leak), and its vector output O is zero (as ESM's ``mask_and_zero_frameless``).
+    ``forward(x, rotations, translations, mask=None, *, sequence_id=None, chain_id=None)``:
+    ``x`` (B, L, d_model), ``rotations`` (B, L, 3, 3) local → global, ``translations``
+    (B, L, 3), ``mask`` (B, L) bool, True for residues that exist and have a frame;
+    ``sequence_id`` (B, L) int adds +1 to the score of every pair in one sequence (ESM's
+    bias); ``chain_id`` (B, L) int masks every pair in two different chains (ESM masks per
+    pair). Returns X + residual_scale · Linear(O), shape (B, L, d_model). A masked residue is
+    never attended to.
 
     Options that reproduce ESM3's code where it differs from the paper:
 
     - ``pre_layernorm``: ESM normalizes x with a LayerNorm before the projection (paper: no).
     - ``num_vector_messages``: m value vectors per head, all weighted by that head's map
       (ESM's ``num_vector_messages``; ESM calls the number of heads ``v_heads``).
-    - ``bias``: ESM uses ``bias=False`` for the projections and the LayerNorm.
+    - ``bias``: biases of the LayerNorm and both Linear layers; False in ESM3's transformer,
+      True in its structure encoder.
+    - ``zero_masked_outputs``: zero the vector output O of masked residues (ESM's
+      ``mask_and_zero_frameless``: True in ESM3's transformer, False in the structure
+      encoder, where masked residues still get an update from their own, finite frames).
+      When True, a masked residue's frame is replaced by the identity, so the NaN frame of
+      a missing residue cannot leak.
+    - ``residual_scale``: the layer returns X + residual_scale · Linear(O). ESM's layer
+      returns Linear(O), and its block adds it divided by √(n_layers/36): pass
+      ``1 / math.sqrt(48 / 36)`` for ESM3-open (48 layers).
 
-    ``GeometricSelfAttention(d, h, pre_layernorm=True, bias=False)`` computes ESM's layer, except
-    that ESM returns Linear(O) (its transformer block adds the residual x), adds a sequence-id
-    bias and masks other chains (here: pass ``mask``), and orders the projection's outputs
-    differently (q_r, k_r, v, q_d, k_d), so its weights need reordering to be loaded here.
+    :meth:`load_esm_state_dict` loads the weights of ESM's ``GeometricReasoningOriginalImpl``
+    (its names and its projection's row order). A query row with no key left (possible only
+    with ``zero_masked_outputs=False``) returns zeros, where ESM's code gives a uniform
+    softmax over all keys.
 
     ``impl`` picks the implementation of lines 7-12 (see :func:`geometric_attention`);
     ``attention_weights`` always uses the naive path. The per-head weights start at
@@ -267,10 +280,16 @@ class GeometricSelfAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, *, num_vector_messages: int = 1, pre_layernorm: bool = False,
-                 bias: bool = True, impl: str = "auto"):
+                 bias: bool = False, zero_masked_outputs: bool = True, residual_scale: float = 1.0,
+                 impl: str = "auto"):
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("num_vector_messages", num_vector_messages)):
             require_int(name, value, minimum=1)
+        for name, value in (("pre_layernorm", pre_layernorm), ("bias", bias),
+                            ("zero_masked_outputs", zero_masked_outputs)):
+            require_bool(name, value)
+        self.residual_scale = require_number("residual_scale", residual_scale)
+        self.zero_masked_outputs = zero_masked_outputs
         self.d_model, self.n_heads, self.num_vector_messages = d_model, n_heads, num_vector_messages
         self.impl = impl
         self.norm = nn.LayerNorm(d_model, bias=bias) if pre_layernorm else nn.Identity()
@@ -292,7 +311,8 @@ class GeometricSelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, "
-                f"num_vector_messages={self.num_vector_messages}, impl={self.impl!r}")
+                f"num_vector_messages={self.num_vector_messages}, zero_masked_outputs={self.zero_masked_outputs}, "
+                f"residual_scale={self.residual_scale:g}, impl={self.impl!r}")
 
     def head_weights(self) -> tuple[Tensor, Tensor]:
         """(softplus(w̄_r), softplus(w̄_d)): the non-negative per-head weights of line 9, each (H,)."""
@@ -333,15 +353,22 @@ class GeometricSelfAttention(nn.Module):
         require_same_device({"x": x, "rotations": rotations, "translations": translations, "mask": mask,
                              "sequence_id": sequence_id, "chain_id": chain_id}, "x")
 
+    def _frame_mask(self, mask: Tensor | None) -> Tensor | None:
+        # Masked residues get the identity frame only when their outputs are zeroed anyway.
+        return mask if self.zero_masked_outputs else None
+
     def vectors(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None):
         """Lines 1-6 and 11: the five vector sets in the global frame, as :class:`GeometricVectors`."""
         self._check_inputs(x, rotations, translations, mask)
+        return self._vectors(x, rotations, translations, mask)
+
+    def _vectors(self, x, rotations, translations, mask):
         h = self.norm(x)  # ESM only: LayerNorm before the projection (nn.Identity by default)
         # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in residue i's local frame
         qk, v = self.proj(h).split([4 * self.n_heads * 3, self.num_vector_messages * self.n_heads * 3], dim=-1)
         q_rot, k_rot, q_dist, k_dist = rearrange(qk, "b l (n h c) -> n b l h c", n=4, c=3)
         v = rearrange(v, "b l (hm c) -> b l hm c", c=3)  # heads outer, messages inner
-        R, t = _frames(rotations, translations, mask, qk.dtype)  # line 2: (R_i, t_i) = T_i
+        R, t = _frames(rotations, translations, self._frame_mask(mask), qk.dtype)  # line 2: (R_i, t_i) = T_i
         R, t = R[:, :, None], t[:, :, None]  # one frame per residue, shared by its H heads
         q_rot = apply_rotation(R, q_rot)  # line 3: [Q_r]_i = R_i [Q_r]_i
         k_rot = apply_rotation(R, k_rot)  # line 4: [K_r]_i = R_i [K_r]_i
@@ -350,25 +377,79 @@ class GeometricSelfAttention(nn.Module):
         v = apply_rotation(R, v)  # line 11: [V]_i = R_i [V]_i (rotated, not translated; needs no A)
         return GeometricVectors(q_rot, k_rot, q_dist, k_dist, v)
 
-    def attention_weights(self, x: Tensor, rotations: Tensor, translations: Tensor,
-                          mask: Tensor | None = None) -> Tensor:
+    def attention_weights(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None, *,
+                          sequence_id: Tensor | None = None, chain_id: Tensor | None = None) -> Tensor:
         """The attention map softmax_j(A) of line 10, (B, H, L, L), by the naive path."""
-        g = self.vectors(x, rotations, translations, mask)
+        self._check_inputs(x, rotations, translations, mask, sequence_id, chain_id)
+        g = self._vectors(x, rotations, translations, mask)
         w_r, w_d = self.head_weights()
-        return geometric_attention_weights(g.q_rot, g.k_rot, g.q_dist, g.k_dist, w_r, w_d, mask)
+        return geometric_attention_weights(g.q_rot, g.k_rot, g.q_dist, g.k_dist, w_r, w_d, mask,
+                                           sequence_id=sequence_id, chain_id=chain_id)
 
-    def forward(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None) -> Tensor:
-        """X + Linear(O): Algorithm 6 on ``x`` (B, L, d_model) with frames (B, L, 3, 3), (B, L, 3)."""
-        g = self.vectors(x, rotations, translations, mask)  # lines 1-6 and 11
+    def forward(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None, *,
+                sequence_id: Tensor | None = None, chain_id: Tensor | None = None) -> Tensor:
+        """X + residual_scale · Linear(O): Algorithm 6 on ``x`` (B, L, d_model) with frames."""
+        self._check_inputs(x, rotations, translations, mask, sequence_id, chain_id)
+        g = self._vectors(x, rotations, translations, mask)  # lines 1-6 and 11
         w_r, w_d = self.head_weights()  # softplus(w̄_r), softplus(w̄_d) of line 9
         m = self.num_vector_messages
         # lines 7-10 and 12: O = softmax_j(A) · V; with m messages per head, each head's map is reused m times
         q_rot, k_rot, q_dist, k_dist = (t.repeat_interleave(m, dim=2) for t in g[:4])
         o = geometric_attention(q_rot, k_rot, q_dist, k_dist, g.v, w_r.repeat_interleave(m),
-                                w_d.repeat_interleave(m), mask, impl=self.impl)
-        R, _ = _frames(rotations, translations, mask, o.dtype)
+                                w_d.repeat_interleave(m), mask, sequence_id=sequence_id, chain_id=chain_id,
+                                impl=self.impl)
+        R, _ = _frames(rotations, translations, self._frame_mask(mask), o.dtype)
         # line 13: [O]_i = R_i⁻¹ [O]_i, back to residue i's local frame (R⁻¹ = Rᵀ for a rotation)
         o = apply_rotation(R.transpose(-1, -2)[:, :, None], o)
-        if mask is not None:
-            o = o.masked_fill(~mask[..., None, None], 0.0)  # a masked residue sends no message
-        return x + self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))  # line 14: X = X + Linear(O)
+        if mask is not None and self.zero_masked_outputs:  # ESM3: a frameless residue's own output is 0
+            o = torch.where(mask[..., None, None], o, torch.zeros((), dtype=o.dtype, device=o.device))
+        update = self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))
+        return x + self.residual_scale * update  # line 14: X = X + Linear(O)
+
+    @torch.no_grad()
+    def load_esm_state_dict(self, state_dict) -> GeometricSelfAttention:
+        """Load the weights of ESM's ``GeometricReasoningOriginalImpl``, keys as ESM names them.
+
+        ESM's projection emits q_rot, k_rot, v, q_dist, k_dist; this layer's emits q_rot,
+        k_rot, q_dist, k_dist, v, so the rows are reordered. A missing key, an extra key or a
+        shape that does not fit raises a ValueError naming the key.
+        """
+        ours = _esm_key_map(self)
+        given = dict(state_dict)
+        for key in given:
+            if key not in ours:
+                options = f"pre_layernorm={not isinstance(self.norm, nn.Identity)}, bias={self.proj.bias is not None}"
+                raise ValueError(f"{key}: not a parameter of this layer ({options}); "
+                                 "build the layer with the options ESM's module was built with")
+        for key, target in ours.items():
+            if key not in given:
+                raise ValueError(f"{key}: missing from state_dict (ESM's module has it with these options)")
+            value = torch.as_tensor(given[key])
+            if key.startswith("proj."):
+                value = _esm_rows_to_ours(value, self.n_heads, self.num_vector_messages)
+            if value.shape != target.shape:
+                raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit this layer's {tuple(target.shape)}")
+        for key, target in ours.items():
+            value = torch.as_tensor(given[key])
+            if key.startswith("proj."):
+                value = _esm_rows_to_ours(value, self.n_heads, self.num_vector_messages)
+            target.copy_(value)
+        return self
+
+
+def _esm_key_map(layer: GeometricSelfAttention) -> dict[str, Tensor]:
+    """ESM's parameter name → this layer's tensor."""
+    names = {"distance_scale_per_head": layer.dist_scale, "rotation_scale_per_head": layer.rot_scale}
+    for prefix, module in (("s_norm", layer.norm), ("proj", layer.proj), ("out_proj", layer.out_proj)):
+        for name, param in module.named_parameters():
+            names[f"{prefix}.{name}"] = param
+    return names
+
+
+def _esm_rows_to_ours(value: Tensor, n_heads: int, m: int) -> Tensor:
+    """Reorder the projection's output rows from ESM's (q_r, k_r, v, q_d, k_d) to ours (q_r, k_r, q_d, k_d, v)."""
+    sizes = [2 * n_heads * 3, m * n_heads * 3, 2 * n_heads * 3]
+    if value.shape[0] != sum(sizes):
+        return value  # the shape check names the key
+    rot_qk, v, dist_qk = value.split(sizes, dim=0)
+    return torch.cat([rot_qk, dist_qk, v], dim=0)

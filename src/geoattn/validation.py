@@ -20,6 +20,7 @@ __all__ = [
     "FLOAT_DTYPES",
     "require_tensor",
     "require_int",
+    "require_bool",
     "require_number",
     "require_float_dtype",
     "require_dtype_arg",
@@ -49,6 +50,13 @@ def require_int(name: str, value, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def require_bool(name: str, value) -> bool:
+    """A Python bool (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
 
 
 def require_number(name: str, value, *, minimum: float | None = None, finite: bool = True) -> float:
