@@ -207,3 +207,17 @@ def test_gradients_only_for_inputs_that_require_them():
     r_v, r_w = torch.autograd.grad(ref.sum(), [inputs[4], inputs[6]])
     torch.testing.assert_close(g_v, r_v, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(g_w, r_w, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("bh", [1, 8, 256, 131_072])
+@pytest.mark.parametrize("length", [1, 16, 100, 4096])
+def test_tile_rule_fits_the_cache_budget(bh, length):
+    from geoattn.chunked import DEFAULT_BLOCK_SIZE, TILE_NUMBERS, tile_sizes
+
+    rows, keys = tile_sizes(bh, length)
+    assert keys == DEFAULT_BLOCK_SIZE and tile_sizes(bh, length, 32)[1] == 32
+    assert 1 <= rows <= length
+    if rows < length:  # a partial tile: a power of two, at least 16 rows, within the budget unless at 16
+        assert rows & (rows - 1) == 0 and rows >= 16
+        assert bh * rows * keys <= TILE_NUMBERS or rows == 16
+    assert tile_sizes(2 * bh, 1 << 20)[0] <= tile_sizes(bh, 1 << 20)[0], "more heads, fewer rows per tile"

@@ -49,48 +49,78 @@ from torch.autograd.function import once_differentiable
 from .contract import check_block_size, check_geometric_inputs, compute_dtype
 from .distances import finite_or_nan, key_centre
 from .masking import zero_masked_keys
-from .online_softmax import online_softmax_init, online_softmax_result, online_softmax_update
+from .online_softmax import OnlineSoftmaxState, online_softmax_init, online_softmax_result
 
-__all__ = ["chunked_geometric_attention", "chunked_core", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["chunked_geometric_attention", "chunked_core", "tile_sizes", "DEFAULT_BLOCK_SIZE", "TILE_NUMBERS"]
 
-# Keys per block. Larger blocks mean fewer Python-level steps and bigger matrix products,
-# but memory grows linearly with the block; on a 2-core CPU at L = 2048, blocks of 64 to 256
-# ran about equally fast and 512 was slower (forward, one informal timing).
-DEFAULT_BLOCK_SIZE = 128
+#: Keys per block when ``block_size`` is None. With the query tile below, 64 keys ran fastest
+#: at L = 4096, H = 8 on one CPU thread (benchmarks/bench_geometric.py).
+DEFAULT_BLOCK_SIZE = 64
+
+#: Numbers in one (B·H, rows, keys) score tile: 2**18 fp32 numbers are 1 MiB, about one
+#: core's L2 cache, so the half-dozen passes over a tile stay in cache.
+TILE_NUMBERS = 2**18
 
 _INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
+def tile_sizes(bh: int, length: int, block_size: int | None = None) -> tuple[int, int]:
+    """(query rows, keys) of one score tile, for B·H = ``bh`` independent attentions over
+    ``length`` residues: ``block_size`` keys (default :data:`DEFAULT_BLOCK_SIZE`), and a power
+    of two of query rows such that the tile holds about :data:`TILE_NUMBERS` numbers, at
+    least 16 rows (fewer tiles mean less Python overhead) and at most ``length``."""
+    keys = block_size or DEFAULT_BLOCK_SIZE
+    rows = TILE_NUMBERS // max(1, bh * keys)
+    rows = 1 << max(4, rows.bit_length() - 1)  # a power of two, >= 16
+    return max(1, min(rows, length)), keys
+
+
 class _Pairs(NamedTuple):
-    """Per-pair terms, as (B, L) integers compared one key block at a time (never (L, L))."""
+    """Per-pair terms, as (B, L) integers compared one tile at a time (never (L, L))."""
 
     key_mask: Tensor | None  # (B, L) bool
     sequence_id: Tensor | None  # (B, L) int: +1 for a pair in one sequence
     chain_id: Tensor | None  # (B, L) int: a pair in two chains is masked
 
-    def block(self, blk):
-        """(bias, mask) for the keys in ``blk``: (B, 1, L, n) or (B, 1, 1, n), or None."""
+    def block(self, blk, rows=slice(None)):
+        """(bias, mask) for the query ``rows`` against the keys in ``blk``, (B, 1, R, n) or
+        (B, 1, 1, n), or None."""
         mask = None if self.key_mask is None else self.key_mask[:, None, None, blk]
         if self.chain_id is not None:
-            same = (self.chain_id[:, :, None] == self.chain_id[:, None, blk])[:, None]
+            same = (self.chain_id[:, rows, None] == self.chain_id[:, None, blk])[:, None]
             mask = same if mask is None else mask & same
         bias = None
         if self.sequence_id is not None:
-            bias = (self.sequence_id[:, :, None] == self.sequence_id[:, None, blk])[:, None]
+            bias = (self.sequence_id[:, rows, None] == self.sequence_id[:, None, blk])[:, None]
         return bias, mask
 
 
+def _distance(qd: Tensor, kd: Tensor) -> Tensor:
+    """‖q_d − k_d‖ of every query against every key: (..., R, 3), (..., n, 3) → (..., R, n).
+
+    One coordinate at a time, in place: each difference is formed exactly as the naive path
+    forms it (no |q|² + |k|² − 2q·k cancellation), with no (R, n, 3) temporary. Each
+    coordinate is first made a contiguous plane, so the loop over keys vectorizes; on a CPU
+    this runs about twice as fast as ``torch.cdist``.
+    """
+    q, k = qd.movedim(-1, -2).contiguous(), kd.movedim(-1, -2).contiguous()  # (..., 3, R), (..., 3, n)
+    d = q[..., 0, :, None] - k[..., 0, None, :]
+    d.square_()
+    for c in (1, 2):
+        t = q[..., c, :, None] - k[..., c, None, :]
+        d.addcmul_(t, t)
+    return d.sqrt_()
+
+
 def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask):
-    """Scores of every query against one key block, and their two terms.
+    """Scores of every query against one key block, and their two terms (for the backward).
 
     ``qr, qd``: (B, H, L, 3); ``kr, kd``: (B, H, n, 3); ``w_r, w_d``: (1, H, 1, 1), already
     divided by √3; ``bias``, ``mask``: from :meth:`_Pairs.block`. Returns S, rot, dist,
     each (B, H, L, n).
     """
     rot = qr @ kr.transpose(-1, -2)
-    # cdist computes the norm of each difference directly (no |q|²+|k|²−2q·k cancellation),
-    # without ever storing the (L, n, 3) differences.
-    dist = finite_or_nan(torch.cdist(qd, kd, compute_mode="donot_use_mm_for_euclid_dist"))
+    dist = finite_or_nan(_distance(qd, kd))
     s = w_r * rot - w_d * dist
     if bias is not None:
         s = s + bias
@@ -99,16 +129,56 @@ def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask):
     return s, rot, dist
 
 
+def _fold_(m, l, acc, s, v):
+    """``online_softmax_update`` (see :mod:`geoattn.online_softmax`) of one tile, with the
+    tile's scores ``s`` consumed in place: m' = max(m, max_j s_j), ℓ' = e^{m−m'}ℓ + Σ_j p_j,
+    acc' = e^{m−m'}acc + Σ_j p_j v_j with p_j = e^{s_j − m'}."""
+    m_new = torch.maximum(m, s.amax(dim=-1))
+    shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros((), dtype=m.dtype))  # a row with no key yet
+    rescale = torch.exp(m - shift)
+    p = s.sub_(shift[..., None]).exp_()
+    return m_new, l * rescale + p.sum(dim=-1), torch.baddbmm(acc * rescale[..., None], p, v)
+
+
+def _may_overflow(qd: Tensor, kd: Tensor) -> bool:
+    # ‖q − k‖ overflows once |q| + |k| nears √(max/3); a NaN or inf anywhere also trips this.
+    bound = (qd.abs().amax() + kd.abs().amax()).item() if qd.numel() and kd.numel() else 0.0
+    return not bound < math.sqrt(torch.finfo(qd.dtype).max / 3)
+
+
 def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
-    """Online softmax over key blocks; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L)."""
+    """Online softmax over (query, key) tiles; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L).
+
+    Both weights are folded into the vectors before the loop: w_r/√3 into q_r, and w_d/√3
+    into both point sets, since ‖w q − w k‖ = w ‖q − k‖ for w ≥ 0. A tile's scores are then
+    ``−distance`` plus one ``baddbmm_`` for the rotation term, all in place.
+    """
     b, h, length, _ = qr.shape
-    state = online_softmax_init((b, h, length), v.shape[-1], dtype=qr.dtype, device=qr.device)
-    for j0 in range(0, length, block_size):
-        blk = slice(j0, j0 + block_size)
-        s, _, _ = _block_scores(qr, qd, kr[:, :, blk], kd[:, :, blk], w_r, w_d, *pairs.block(blk))
-        state = online_softmax_update(state, s, v[:, :, blk])  # (m, l, acc) <- this block's keys
+    flat = [t.reshape(b * h, length, 3) for t in (qr * w_r, kr, qd * w_d, kd * w_d, v)]
+    a, kr, qd, kd, v = flat
+    kr_t = kr.transpose(1, 2).contiguous()
+    guard = _may_overflow(qd, kd)
+    rows, keys = tile_sizes(b * h, length, block_size)
+    out, lse = torch.empty_like(v), v.new_empty(b * h, length)
+    for i0 in range(0, length, rows):
+        qi = slice(i0, i0 + rows)
+        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]), 3, dtype=v.dtype, device=v.device)
+        for j0 in range(0, length, keys):
+            kj = slice(j0, j0 + keys)
+            s = _distance(qd[:, qi], kd[:, kj])  # w_d/√3 · ‖q_d − k_d‖ (line 8, weighted)
+            if guard:
+                s = finite_or_nan(s)
+            s.baddbmm_(a[:, qi], kr_t[:, :, kj], beta=-1)  # S = w_r/√3 · q_r·k_r − that (lines 7, 9)
+            bias, mask = pairs.block(kj, qi)
+            tile = s.view(b, h, s.shape[1], s.shape[2])
+            if bias is not None:
+                tile.add_(bias)
+            if mask is not None:
+                tile.masked_fill_(~mask, float("-inf"))
+            m, l, acc = _fold_(m, l, acc, s, v[:, kj])  # (m, ℓ, acc) <- this tile's keys
+        out[:, qi], lse[:, qi] = online_softmax_result(OnlineSoftmaxState(m, l, acc))
     # A row with no key: out = 0, and lse = +inf makes the backward's exp(S - lse) exactly 0.
-    return online_softmax_result(state)
+    return out.reshape(b, h, length, 3), lse.reshape(b, h, length)
 
 
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
@@ -165,7 +235,7 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         given = iter(given)
         pairs = _Pairs(*(next(given) if present else None for present in ctx.present))
         d_out = grad_out.to(out.dtype).transpose(1, 2)
-        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size)
+        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size or DEFAULT_BLOCK_SIZE)
         vectors = tuple(g.transpose(1, 2) for g in grads[:5])  # back to (B, L, H, 3)
         grads = (*vectors, *grads[5:])
         grads = tuple(g.to(dt) if need else None
@@ -179,7 +249,7 @@ def chunked_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_m
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
     pairs = _Pairs(key_mask, sequence_id, chain_id)
     return _ChunkedGeometricAttention.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs,
-                                            block_size or DEFAULT_BLOCK_SIZE)
+                                            block_size)
 
 
 def chunked_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
