@@ -43,6 +43,9 @@ SHAPES = {
     "encoder": {"L": [16], "H": [128], "B": 4096},
 }
 PASSES = ("fwd", "fwd+bwd")
+# Whole layers rather than the attention function: ESM's memory pattern restated in
+# geoattn.esm_reference, and GeometricSelfAttention with ESM's weights loaded (impl="auto").
+LAYER_IMPLS = ("esm-layer", "layer")
 
 
 def _versions() -> dict:
@@ -93,6 +96,51 @@ def _attention_fn(impl: str, block_size: int | None):
     return functools.partial(geoattn.geometric_attention, impl=impl, **kwargs)
 
 
+def _layer_step(impl: str, b: int, length: int, h: int, d_model: int, device, dtype, backward: bool):
+    """(step, None) for one forward (and backward) of a whole layer on random frames."""
+    import torch
+
+    from geoattn import GeometricSelfAttention
+    from geoattn.esm_reference import EsmStyleGeometricAttention
+    from geoattn.frames import random_rotation
+
+    torch.manual_seed(0)
+    esm = EsmStyleGeometricAttention(d_model, h).to(device=device, dtype=dtype)
+    layer = esm
+    if impl == "layer":
+        layer = GeometricSelfAttention(d_model, h, pre_layernorm=True).to(device=device, dtype=dtype)
+        layer.load_esm_state_dict(esm.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, length, d_model, generator=g).to(device=device, dtype=dtype).requires_grad_(backward)
+    rot = random_rotation(b, length, generator=g).to(device=device, dtype=dtype)
+    trans = (torch.randn(b, length, 3, generator=g) * 10).to(device=device, dtype=dtype)  # a protein's spread
+    mask = torch.ones(b, length, dtype=torch.bool, device=device)
+
+    def step():
+        if backward:
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+            layer(x, rot, trans, mask).sum().backward()
+        else:
+            with torch.no_grad():
+                layer(x, rot, trans, mask)
+
+    return step
+
+
+def _git_commit() -> dict:
+    """The commit measured, and whether the work tree had uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
 def _status_of(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}"
     oom = ("out of memory", "can't allocate memory", "OutOfMemoryError", "MemoryError")
@@ -128,42 +176,55 @@ def _peak_rss(method: str) -> int:
 # --- one configuration ----------------------------------------------------------------
 
 def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats=5, warmup=1,
-            block_size=None, min_time=1.0, threads=None) -> dict:
-    """Time and measure one configuration in this process; return one result row."""
+            block_size=None, min_time=1.0, threads=None, d_model=128) -> dict:
+    """Time and measure one configuration in this process; return one result row.
+
+    ``first_call_s`` is the first full-size call's time: it includes torch.compile's
+    compilation and Triton's autotuning, which the timed runs (``median_ms``) exclude.
+    """
     import gc
 
     import torch
 
     row = {"impl": impl, "L": length, "H": h, "B": b, "pass": pass_, "median_ms": None,
-           "peak_mem_bytes": None, "pairs_per_s": None, "status": "ok"}
+           "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None, "status": "ok"}
+    if impl in LAYER_IMPLS:
+        row["d_model"] = d_model
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
     backward = pass_ == "fwd+bwd"
     try:
-        fn = _attention_fn(impl, block_size)
-        inputs = _make_inputs(b, length, h, device, dt, backward)
-        d_out = torch.ones(b, length, h, 3, device=device, dtype=dt)
+        if impl in LAYER_IMPLS:
+            step = _layer_step(impl, b, length, h, d_model, device, dt, backward)
+            _layer_step(impl, 1, min(length, 64), h, d_model, device, dt, backward)()  # small warm-up call
+        else:
+            fn = _attention_fn(impl, block_size)
+            inputs = _make_inputs(b, length, h, device, dt, backward)
+            d_out = torch.ones(b, length, h, 3, device=device, dtype=dt)
 
-        def step(inputs=inputs, d_out=d_out):
-            if backward:
-                for t in inputs:
-                    t.grad = None
-                fn(*inputs).backward(d_out)
-            else:
-                with torch.no_grad():
-                    fn(*inputs)
+            def step(inputs=inputs, d_out=d_out):
+                if backward:
+                    for t in inputs:
+                        t.grad = None
+                    fn(*inputs).backward(d_out)
+                else:
+                    with torch.no_grad():
+                        fn(*inputs)
 
-        # A small call first, so that lazy imports, the intra-op thread pool (it starts only once
-        # an op is big enough to split) and compilation are not counted as the run's memory.
-        small = min(length, 64)
-        step(_make_inputs(1, small, h, device, dt, backward), torch.ones(1, small, h, 3, device=device, dtype=dt))
+            # A small call first, so that lazy imports, the intra-op thread pool (it starts only once
+            # an op is big enough to split) and compilation are not counted as the run's memory.
+            small = min(length, 64)
+            step(_make_inputs(1, small, h, device, dt, backward),
+                 torch.ones(1, small, h, 3, device=device, dtype=dt))
         gc.collect()
         if device == "cuda":
             # One full-size run first, so that compilation and autotuning (per shape) are
             # neither timed nor counted; the CUDA counters then measure a clean run.
+            t0 = time.perf_counter()
             step()
             torch.cuda.synchronize()
+            row["first_call_s"] = time.perf_counter() - t0
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -172,7 +233,9 @@ def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats
             row["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
         else:
             base, method = _reset_peak_rss()
+            t0 = time.perf_counter()
             step()
+            row["first_call_s"] = time.perf_counter() - t0
             row["peak_mem_bytes"] = max(0, _peak_rss(method) - base)
         for _ in range(max(0, warmup - 1)):  # the memory run above was the first warm-up
             step()
@@ -221,8 +284,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="sweep",
                    help="preset of L, H and B; --L, --H and --B override it")
-    p.add_argument("--impl", nargs="+", help="implementations (default: naive chunked; on a GPU also "
-                                             "triton compiled)")
+    p.add_argument("--impl", nargs="+", help="implementations: naive chunked compiled triton (the attention "
+                                             "function), esm-layer layer (whole layers, see LAYER_IMPLS); "
+                                             "default: naive chunked compiled esm-layer layer, and triton on a GPU")
     p.add_argument("--L", type=int, nargs="+", help="sequence lengths")
     p.add_argument("--H", type=int, nargs="+", help="numbers of heads")
     p.add_argument("--B", type=int, help="batch size")
@@ -237,6 +301,9 @@ def parse_args(argv=None):
                    help="torch CPU threads (default: torch's choice); 1 avoids oversubscribing a shared machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--timeout", type=float, default=600, help="seconds per CPU configuration")
+    p.add_argument("--d-model", type=int, default=128, help="d_model of the layer rows")
+    p.add_argument("--quiet-check", action="store_true",
+                   help="refuse to run, and to write results, while the 1-minute load average is above 1.0")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     p.add_argument("--out", default="bench_geometric.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -251,6 +318,9 @@ def main(argv=None) -> dict:
     if args.worker:  # a subprocess measuring one configuration
         print(json.dumps(measure(**json.loads(args.worker))))
         return {}
+    if args.quiet_check and os.getloadavg()[0] > 1.0:
+        raise SystemExit(f"--quiet-check: the 1-minute load average is {os.getloadavg()[0]:.2f} (> 1.0); "
+                         "timings would be distorted, no results written")
     import torch
     from tqdm import tqdm
 
@@ -258,10 +328,10 @@ def main(argv=None) -> dict:
     preset = SHAPES[args.shape]
     lengths, heads = args.L or preset["L"], args.H or preset["H"]
     batch = args.B or preset["B"]
-    impls = args.impl or (["naive", "chunked", "triton", "compiled"] if device == "cuda" else ["naive", "chunked"])
+    impls = args.impl or ["naive", "chunked", "compiled", *LAYER_IMPLS, *(["triton"] if device == "cuda" else [])]
     jobs = [dict(impl=i, length=n, h=h, b=batch, pass_=ps, device=device, dtype=args.dtype,
                  repeats=args.repeats, warmup=args.warmup, block_size=args.block_size, min_time=args.min_time,
-                 threads=args.threads)
+                 threads=args.threads, d_model=args.d_model)
             for h in heads for n in lengths for i in impls for ps in args.passes]
     load_start = os.getloadavg()
     rows = []
@@ -271,10 +341,13 @@ def main(argv=None) -> dict:
         else:
             row = measure(**job)
         rows.append(row)
+        if args.quiet_check and os.getloadavg()[0] > 1.0:
+            raise SystemExit(f"--quiet-check: the load average rose to {os.getloadavg()[0]:.2f} during the run; "
+                             "no results written")
         tqdm.write(f"{row['impl']:>9} L={row['L']:<5} H={row['H']:<4} B={row['B']:<5} {row['pass']:<8} "
                    + (f"{row['median_ms']:10.2f} ms {row['peak_mem_bytes'] / 2**20:10.1f} MiB"
                       if row["status"] == "ok" else row["status"]))
-    from geoattn.chunked import DEFAULT_BLOCK_SIZE
+    from geoattn.chunked import DEFAULT_BLOCK_SIZE, tile_sizes
 
     memory_method = (
         "torch.cuda.max_memory_allocated during one run minus memory allocated before it (the inputs)"
@@ -286,11 +359,13 @@ def main(argv=None) -> dict:
     result = {
         "device": _device_name(device),
         "versions": _versions(),
+        "git": _git_commit(),
         "config": {"shape": args.shape, "impls": impls, "L": lengths, "H": heads, "B": batch,
                    "passes": args.passes, "repeats": args.repeats, "min_time_s": args.min_time,
                    "warmup": args.warmup, "dtype": args.dtype,
                    "threads": args.threads or torch.get_num_threads(),
-                   "block_size": args.block_size or DEFAULT_BLOCK_SIZE,
+                   "block_size": args.block_size or DEFAULT_BLOCK_SIZE, "d_model": args.d_model,
+                   "chunked_tiles": {str(n): list(tile_sizes(batch * heads[0], n, args.block_size)) for n in lengths},
                    "timing": "CUDA events" if device == "cuda" else "time.perf_counter",
                    "statistic": "median", "command": " ".join(["python", "benchmarks/bench_geometric.py",
                                                                 *(argv if argv is not None else sys.argv[1:])])},
@@ -299,7 +374,7 @@ def main(argv=None) -> dict:
         # Other processes share the machine: the 1-minute load average before and after the
         # sweep says how noisy the timings may be (ratios within one run are what count).
         "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2),
-                              "cores": os.cpu_count()},
+                              "cores": os.cpu_count(), "quiet_check": args.quiet_check},
         "rows": rows,
     }
     with open(args.out, "w") as f:

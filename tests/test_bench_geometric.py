@@ -19,15 +19,19 @@ def bench():
 def test_cpu_sweep_writes_the_documented_json(bench, tmp_path):
     out = tmp_path / "bench.json"
     result = bench.main(["--L", "16", "--H", "2", "--pass", "fwd", "--repeats", "1", "--min-time", "0",
+                         "--impl", "naive", "chunked", "esm-layer", "layer", "--d-model", "8",
                          "--threads", "1", "--device", "cpu", "--out", str(out)])
     assert json.loads(out.read_text()) == result
-    assert {"device", "versions", "config", "memory_method", "note", "rows"} <= set(result)
+    assert {"device", "versions", "git", "config", "memory_method", "note", "load_average_1min", "rows"} <= set(result)
     assert set(result["versions"]) == {"python", "torch", "triton", "geoattn"}
-    assert [(r["impl"], r["L"], r["pass"]) for r in result["rows"]] == [("naive", 16, "fwd"), ("chunked", 16, "fwd")]
+    assert len(result["git"]["commit"]) == 40 and isinstance(result["git"]["dirty"], bool)
+    assert [(r["impl"], r["L"], r["pass"]) for r in result["rows"]] == [
+        ("naive", 16, "fwd"), ("chunked", 16, "fwd"), ("esm-layer", 16, "fwd"), ("layer", 16, "fwd")]
+    fields = {"impl", "L", "H", "B", "pass", "median_ms", "peak_mem_bytes", "pairs_per_s", "first_call_s", "status"}
     for row in result["rows"]:
         assert row["status"] == "ok", row
-        assert set(row) == {"impl", "L", "H", "B", "pass", "median_ms", "peak_mem_bytes", "pairs_per_s", "status"}
-        assert row["median_ms"] > 0 and row["peak_mem_bytes"] >= 0
+        assert set(row) == fields | ({"d_model"} if row["impl"] in bench.LAYER_IMPLS else set())
+        assert row["median_ms"] > 0 and row["peak_mem_bytes"] >= 0 and row["first_call_s"] > 0
         assert row["pairs_per_s"] == pytest.approx(row["B"] * row["H"] * row["L"] ** 2 / (row["median_ms"] / 1e3))
 
 
@@ -57,3 +61,11 @@ def test_encoder_preset_is_esm3s_structure_encoder(bench):
     assert bench.SHAPES["encoder"] == {"L": [16], "H": [128], "B": 4096}
     args = bench.parse_args(["--shape", "encoder"])
     assert args.shape == "encoder"
+
+
+def test_quiet_check_refuses_on_a_busy_machine(bench, monkeypatch, tmp_path):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    with pytest.raises(SystemExit, match="load average"):
+        bench.main(["--L", "16", "--H", "2", "--quiet-check", "--device", "cpu", "--out", str(out)])
+    assert not out.exists()
