@@ -1,22 +1,26 @@
-r"""Geometric attention with an online softmax over key blocks (chapter 5).
+r"""Geometric attention with an online softmax over tiles of queries and keys (chapter 5).
 
 The naive path materializes every score :math:`A_{ij}` (and ESM's (L, L, 3) differences),
-so its memory grows as :math:`L^2`. Here the keys are visited one block
-:math:`K_b = \{j_0, \dots, j_0+n-1\}` at a time, for all queries at once, and only three
-running statistics per query row are kept (Milakov & Gimelshein's online softmax,
-FlashAttention's forward pass):
+so its memory grows as :math:`L^2`. Here the scores are made one tile at a time: a block of
+query rows :math:`Q_a` against a block of keys :math:`K_b = \{j_0, \dots, j_0+n-1\}`, and
+only three running statistics per query row are kept (Milakov & Gimelshein's online
+softmax, FlashAttention's forward pass):
 
 .. math::
     S_{ij} &= \tfrac{w_r}{\sqrt3}\, q^r_i\cdot k^r_j - \tfrac{w_d}{\sqrt3}\,\lVert q^d_i - k^d_j\rVert_2
-              \quad (j \in K_b;\ -\infty \text{ for a masked key}) \\
+              \quad (i \in Q_a,\ j \in K_b;\ -\infty \text{ for a masked key}) \\
     m_i' &= \max\big(m_i,\ \max_{j\in K_b} S_{ij}\big) \\
     \ell_i' &= e^{m_i - m_i'}\,\ell_i + \textstyle\sum_{j\in K_b} e^{S_{ij} - m_i'} \\
     \mathrm{acc}_i' &= e^{m_i - m_i'}\,\mathrm{acc}_i + \textstyle\sum_{j\in K_b} e^{S_{ij} - m_i'}\, v_j
 
 starting from :math:`m = -\infty,\ \ell = 0,\ \mathrm{acc} = 0`. At the end
 :math:`o_i = \mathrm{acc}_i / \ell_i` is exactly :math:`\sum_j \mathrm{softmax}_j(S_i)\, v_j`,
-and :math:`\mathrm{lse}_i = m_i + \log \ell_i` is the row's log-sum-exp. Memory is
-O(B·H·L·n), never O(L²).
+and :math:`\mathrm{lse}_i = m_i + \log \ell_i` is the row's log-sum-exp. Memory is one tile,
+never O(L²); :func:`tile_sizes` picks the tile so that it stays in the CPU's cache.
+
+Two rewrites make a tile cheap: both weights are folded into the vectors once per call
+(:math:`\tfrac{w_d}{\sqrt3}\lVert q - k\rVert = \lVert \tfrac{w_d}{\sqrt3}q - \tfrac{w_d}{\sqrt3}k\rVert`
+for :math:`w_d \ge 0`), and the tile's scores are built and exponentiated in place.
 
 **Backward.** The forward saves only the inputs, ``out`` and ``lse`` (O(L) each). The
 backward recomputes each block's scores and gets the probabilities back without any
