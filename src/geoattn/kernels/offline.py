@@ -8,6 +8,7 @@ wheel carries ptxas and cuobjdump, so no CUDA toolkit is needed.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -64,7 +65,8 @@ def compile_signatures(has_mask: bool = True, even_l: bool = False, all_shapes: 
     out = []
     for kernel in kernels:
         names = kernel.arg_names
-        constexpr_names = {n for n, p in zip(names, kernel.params) if p.is_constexpr}
+        params = inspect.signature(kernel.fn).parameters  # also works on interpreted kernels
+        constexpr_names = {n for n in names if "constexpr" in str(params[n].annotation)}
         signature = {n: "constexpr" if n in constexpr_names else "i32" if n in _INTS
                      else "*i32" if n in _IDS else "*fp32" for n in names}
         aligned = [i for i, n in enumerate(names) if signature[n].startswith("*") or n == "LP"]
