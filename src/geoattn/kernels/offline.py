@@ -69,7 +69,8 @@ def compile_signatures(has_mask: bool = True, even_l: bool = False, all_shapes: 
         constexpr_names = {n for n in names if "constexpr" in str(params[n].annotation)}
         signature = {n: "constexpr" if n in constexpr_names else "i32" if n in _INTS
                      else "*i32" if n in _IDS else "*fp32" for n in names}
-        aligned = [i for i, n in enumerate(names) if signature[n].startswith("*") or n == "LP"]
+        aligned = [i for i, n in enumerate(names) if signature[n].startswith("*") or signature.get(n) == "i32"
+                   and n == "LP"]
         attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
         for shape, warps, pairs in _shapes(kernel, all_shapes, block_size):
             constexprs = {**{k: bool(v) for k, v in flags.items()}, **shape}
