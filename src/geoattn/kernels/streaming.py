@@ -91,10 +91,11 @@ def _fwd_kernel(
     and B·H·L·⌈L/Q⌉·(36 + 4·HAS_MASK + 4·HAS_SEQ + 4·HAS_CHAIN) bytes of keys, values and
     per-key rows (once per query block, mostly from L2); writes 16·B·H·L bytes of O and LSE.
 
-    SASS per (i, j) pair in the key loop (offline compile, the autotuned shapes, sm_75 and
-    sm_90): 22.7-27.0 instructions plain or with a key mask; 24.7-29.0 with chain ids
-    (+2: a compare and a select); 26.7-31.0 with sequence and chain ids. Against at most
-    48/Q bytes of (cached) loads per pair: compute-bound.
+    SASS per (i, j) pair in the key loop (offline compile, the autotuned shapes, with a key
+    mask): 23.6-26.3 instructions on sm_90, 23.8-27.0 on sm_75; with chain ids 25.8-28.8
+    on sm_90 (a compare and a select more, at most +9.5%). Sequence ids add another
+    compare and select (not measured separately). Against at most 48/Q bytes of (cached)
+    loads per pair: compute-bound.
     """
     bh = tl.program_id(0)
     qb = tl.program_id(1)
@@ -190,8 +191,9 @@ def _bwd_dkdv_kernel(
     and B·H·L·⌈L/K⌉·(44 + 4·HAS_SEQ + 4·HAS_CHAIN) bytes of queries, G, LSE, Δ and ids;
     writes 36·B·H·L bytes (dK_r, dK_d, dV).
 
-    SASS per pair in the query loop: 35.8-41.9 instructions plain or with a key mask,
-    +2 with chain ids, +2 more with sequence ids.
+    SASS per pair in the query loop, with a key mask: 35.8-41.9 instructions on sm_90,
+    36.8-40.3 on sm_75 (measured before the ids were added; without them the code is the
+    same). Chain and sequence ids add a compare and a select each (not measured separately).
     """
     bh = tl.program_id(0)
     kb = tl.program_id(1)
@@ -313,8 +315,9 @@ def _bwd_dq_kernel(
     and B·H·L·⌈L/Q⌉·(36 + 4·HAS_MASK + 4·HAS_SEQ + 4·HAS_CHAIN) bytes of keys, values and
     per-key rows; writes 28·B·H·L bytes.
 
-    SASS per pair in the key loop: 33.9-39.0 instructions plain or with a key mask,
-    +2 with chain ids, +2 more with sequence ids.
+    SASS per pair in the key loop, with a key mask: 33.3-39.0 instructions on sm_90,
+    33.6-37.4 on sm_75 (measured before the ids were added, with the shapes of that time).
+    Chain and sequence ids add a compare and a select each (not measured separately).
     """
     bh = tl.program_id(0)
     qb = tl.program_id(1)
