@@ -51,7 +51,7 @@ def forward_and_grads(impl, inputs, key_mask=None, seed=123, **kwargs):
 
 def assert_matches_naive(inputs, key_mask=None, atol=2e-5, rtol=1e-4, **kwargs):
     out, grads = forward_and_grads("triton", inputs, key_mask, **kwargs)
-    ref, ref_grads = forward_and_grads("naive", inputs, key_mask)
+    ref, ref_grads = forward_and_grads("naive", inputs, key_mask, **kwargs)
     assert out.dtype == ref.dtype == inputs[4].dtype
     torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
     for name, got, want in zip(INPUT_NAMES, grads, ref_grads):
@@ -80,13 +80,13 @@ def test_forward_and_all_gradients_match_naive_fp64(b, length, h, block_size, ma
 
 
 def test_even_fast_path_is_taken_and_agrees_with_the_ragged_path():
-    """L = 32 with 16-wide blocks compiles EVEN_L=True; the same data padded-by-masking must agree."""
+    """L = 48 with 16-wide blocks compiles EVEN_L=True; 32-wide blocks leave a ragged tail."""
     heur = triton_kernels._fwd_heur
-    assert heur.values["EVEN_L"]({"L": 32, "BLOCK_Q": 16, "BLOCK_K": 16})
-    assert not heur.values["EVEN_L"]({"L": 33, "BLOCK_Q": 16, "BLOCK_K": 16})
-    inputs = make_inputs(7, 1, 32, 3, dtype=torch.float32)
+    assert heur.values["EVEN_L"]({"L": 48, "BLOCK_Q": 16, "BLOCK_K": 16})
+    assert not heur.values["EVEN_L"]({"L": 48, "BLOCK_Q": 32, "BLOCK_K": 32})
+    inputs = make_inputs(7, 1, 48, 2, dtype=torch.float32)
     even = geoattn.geometric_attention(*inputs, impl="triton", block_size=16)
-    ragged = geoattn.geometric_attention(*inputs, impl="triton", block_size=64)  # one ragged block
+    ragged = geoattn.geometric_attention(*inputs, impl="triton", block_size=32)
     torch.testing.assert_close(even, ragged, atol=1e-6, rtol=1e-5)
 
 
@@ -183,7 +183,7 @@ def test_property_forward_matches_naive(b, length, h, seed, masked):
 
 def test_block_size_must_be_one_that_compiles_without_spills():
     inputs = make_inputs(0, 1, 4, 1, dtype=torch.float32)
-    for bad in (8, 24, 0, 128, 256, 512):
+    for bad in (8, 24, 0, 64, 128, 256, 512):
         with pytest.raises(ValueError, match="block_size"):
             geoattn.geometric_attention(*inputs, impl="triton", block_size=bad)
     for bad in (16.0, True):
@@ -191,10 +191,19 @@ def test_block_size_must_be_one_that_compiles_without_spills():
             geoattn.geometric_attention(*inputs, impl="triton", block_size=bad)
 
 
-def test_empty_batch_returns_empty():
-    inputs = make_inputs(0, 0, 5, 2, dtype=torch.float32)
-    out = geoattn.geometric_attention(*inputs, impl="triton")
-    assert out.shape == (0, 5, 2, 3)
+@pytest.mark.parametrize("b, length, h", [(0, 5, 2), (2, 0, 3), (2, 5, 0), (0, 0, 0)])
+def test_empty_inputs_give_empty_output_and_seven_gradients(b, length, h):
+    """B, L or H = 0: an empty output, and every input gets a zero gradient of its shape."""
+    inputs = make_inputs(0, b, length, h, dtype=torch.float32)
+    key_mask = torch.ones(b, length, dtype=torch.bool, device=DEVICE)
+    ids = torch.zeros(b, length, dtype=torch.int64, device=DEVICE)
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = geoattn.geometric_attention(*leaves, key_mask, sequence_id=ids, chain_id=ids, impl="triton")
+    assert out.shape == (b, length, h, 3) and out.dtype == inputs[4].dtype
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    for name, grad, leaf in zip(INPUT_NAMES, grads, leaves):
+        assert grad is not None, f"no gradient for {name}"
+        assert grad.shape == leaf.shape and not grad.any(), name
 
 
 def test_second_derivatives_raise_instead_of_returning_wrong_numbers():
@@ -206,11 +215,13 @@ def test_second_derivatives_raise_instead_of_returning_wrong_numbers():
 
 
 def test_kernel_table_and_signatures_name_every_kernel_argument():
-    specs = triton_kernels.compile_signatures()
+    specs = triton_kernels.compile_signatures(has_seq=True, has_chain=True)
     assert [s["kernel"] for s in specs] == list(triton_kernels.KERNELS)
     for spec in specs:
         assert list(spec["signature"]) == list(spec["kernel"].arg_names)
         assert set(spec["constexprs"]) == {n for n, t in spec["signature"].items() if t == "constexpr"}
+        assert {spec["signature"][n] for n in ("SEQ", "CHAIN")} == {"*i32"}
+        assert spec["constexprs"]["HAS_SEQ"] and spec["constexprs"]["HAS_CHAIN"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised for CPU tensors without a GPU")
@@ -241,6 +252,176 @@ def test_import_geoattn_does_not_import_triton():
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+# ---- sequence and chain ids inside the kernels ------------------------------------------
+
+
+def chains_and_sequences(b, length):
+    """Ids that exercise every case: a chain of length 1, a chain whose keys are all masked
+    in batch 0 (its queries have no key: zeros), two sequences, and int64 ids far beyond
+    int32 (the launcher ranks them)."""
+    cuts = [0, length // 3, length // 3 + 1, (2 * length) // 3, length]
+    chain = torch.zeros(b, length, dtype=torch.int64)
+    for n, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+        chain[:, lo:hi] = n * 2**40 - 7  # chain 1 is the single residue at length // 3
+    seq = (torch.arange(length) >= length // 2).long().expand(b, length).clone()
+    seq[-1] = 5 - seq[-1]  # another batch, other ids
+    key_mask = random_mask(length + 1, b, length, p_keep=0.8).cpu()
+    key_mask[0, cuts[3]:] = False  # batch 0: the last chain has no key left
+    key_mask[0, cuts[1]] = True  # the single-residue chain keeps its key
+    return key_mask.to(DEVICE), seq.to(DEVICE), chain.to(DEVICE), cuts
+
+
+@pytest.mark.parametrize("length, block_size", [(21, None), (37, 16)], ids=["short-kernels", "streaming"])
+def test_sequence_and_chain_ids_match_naive_fp64(length, block_size):
+    """fp64: forward and all seven gradients, both kernel families, ragged L."""
+    b, h = 2, 1
+    inputs = make_inputs(length + 3, b, length, h)
+    key_mask, seq, chain, cuts = chains_and_sequences(b, length)
+    out, grads = assert_matches_naive(inputs, key_mask, sequence_id=seq, chain_id=chain, block_size=block_size)
+    masked_chain = slice(cuts[3], None)
+    assert torch.equal(out[0, masked_chain], torch.zeros_like(out[0, masked_chain]))
+    for name, grad in zip(("q_rot", "q_dist"), (grads[0], grads[2])):
+        assert torch.equal(grad[0, masked_chain], torch.zeros_like(grad[0, masked_chain])), name
+    # the single-residue chain attends only to itself: its output is its own value
+    torch.testing.assert_close(out[:, cuts[1]], inputs[4][:, cuts[1]])
+
+
+def test_ids_in_the_reference_differ_from_no_ids():
+    """The test above could not pass with ids ignored: they change the answer."""
+    b, length, h = 2, 21, 2
+    inputs = make_inputs(24, b, length, h, dtype=torch.float32)
+    key_mask, seq, chain, _ = chains_and_sequences(b, length)
+    plain = geoattn.geometric_attention(*inputs, key_mask, impl="triton")
+    with_seq = geoattn.geometric_attention(*inputs, key_mask, sequence_id=seq, impl="triton")
+    with_chain = geoattn.geometric_attention(*inputs, key_mask, chain_id=chain, impl="triton")
+    assert (plain - with_seq).abs().max() > 1e-2 and (plain - with_chain).abs().max() > 1e-2
+    torch.testing.assert_close(with_seq, geoattn.geometric_attention(*inputs, key_mask, sequence_id=seq,
+                                                                      impl="naive"), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+def test_sequence_and_chain_ids_in_low_precision(dtype, atol):
+    """fp32, fp16, bf16: against the fp32 reference on the same (rounded) inputs."""
+    b, length, h = 2, 19, 2
+    low = make_inputs(19, b, length, h, dtype=dtype)
+    key_mask, seq, chain, _ = chains_and_sequences(b, length)
+    kwargs = {"sequence_id": seq, "chain_id": chain}
+    out, grads = forward_and_grads("triton", low, key_mask, **kwargs)
+    ref, ref_grads = forward_and_grads("naive", [t.float() for t in low], key_mask, **kwargs)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=atol)
+    for name, got, want in zip(INPUT_NAMES, grads, ref_grads):
+        scale = max(float(want.abs().max()), 1.0)
+        torch.testing.assert_close(got.float(), want, atol=atol * scale, rtol=atol, msg=lambda m: f"{name}: {m}")
+
+
+# ---- the kernel fixes of issue 14 ---------------------------------------------------------
+
+
+def test_short_sequences_take_the_small_kernels_and_pad_to_16_or_32():
+    padded = triton_kernels._padded_length
+    assert padded(16, None) == (16, True) and padded(1, None) == (16, True)
+    assert padded(17, None) == (32, True) and padded(32, None) == (32, True)
+    assert padded(33, None)[1] is False and padded(16, 16) == (16, False)
+    # the encoder's shape: (B·H, 3, 16) planes instead of (B·H, 3, 256) on a GPU
+    assert triton_kernels.GPU_SHAPES and triton_kernels._PAD in (32, 256)
+
+
+@pytest.mark.parametrize("b, length, h", [(3, 16, 3), (2, 20, 3), (1, 32, 2)])
+def test_small_kernels_match_naive_with_dead_heads_in_the_last_program(b, length, h):
+    """B·H = 9, 6, 2 planes: fewer than one program's HEADS, so some lanes hold no head."""
+    inputs = make_inputs(length, b, length, h)
+    assert_matches_naive(inputs, random_mask(length, b, length))
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+def test_key_splits_merge_to_the_unsplit_answer(splits):
+    """L = 40, 16-wide blocks: 2 full key blocks and a tail, split 2 or 5 ways (3 splits
+    get no key block at all), with a key mask and chains: forward and gradients."""
+    b, length, h = 2, 40, 1
+    inputs = make_inputs(splits, b, length, h)
+    key_mask, seq, chain, _ = chains_and_sequences(b, length)
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = triton_kernels._attention(*leaves, key_mask, seq, chain, block_size=16, splits=splits)
+    ref, ref_grads = forward_and_grads("naive", inputs, key_mask, sequence_id=seq, chain_id=chain)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    grads = torch.autograd.grad(out, leaves, cotangent.to(out))
+    for name, got, want in zip(INPUT_NAMES, grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_key_split_rule_fills_the_gpu_only_when_the_grid_is_small():
+    splits = triton_kernels.key_splits
+    assert splits(8, 2048, 132) > 1  # B = 1, H = 8: 128 programs on 132 SMs
+    assert splits(8, 2048, 132) * 8 * 16 >= 132
+    assert splits(64, 4096, 132) == 1  # 2048 programs: full
+    assert splits(1, 100, 132) == 1  # 3 key blocks: nothing to split
+    assert splits(1, 4096, 10_000) == 16  # at most 16
+    assert splits(1, 1024, 132) == 8  # each split keeps 4 blocks of 32 keys
+    assert splits(0, 100, 132) == 1
+
+
+def test_autotune_key_is_bucketed():
+    key = triton_kernels.autotune_key
+    assert key(8, 1000) == key(8, 1024) == (1024, 8)
+    assert key(5, 1025) == (2048, 8)
+    assert key(1 << 20, 16) == (16, 4096)
+    assert triton_kernels._fwd_tuned.keys[:2] == ["L_KEY", "BH_KEY"]
+    assert "L" not in triton_kernels._dq_tuned.keys and "L" not in triton_kernels._dkdv_tuned.keys
+
+
+@pytest.mark.parametrize("block_size, small", [(16, None), (None, None)], ids=["streaming", "short-kernels"])
+def test_no_kernel_reads_memory_it_did_not_write(monkeypatch, block_size, small):
+    """Every buffer the launcher leaves to the kernels starts as NaN, like uninitialised GPU
+    memory could: the answer must not change."""
+    nan_empty = lambda *shape, device: torch.full(shape, float("nan"), device=device)  # noqa: E731
+    inputs = make_inputs(12, 2, 19, 2)
+    key_mask = random_mask(12, 2, 19)
+    want, want_grads = forward_and_grads("naive", inputs, key_mask)
+    monkeypatch.setattr(triton_kernels, "_empty", nan_empty)
+    got, grads = forward_and_grads("triton", inputs, key_mask, block_size=block_size)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    for name, g, w in zip(INPUT_NAMES, grads, want_grads):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_nan_in_the_output_padding_does_not_reach_the_backward():
+    """The forward's O past L (padding no query owns) is filled with NaN before the backward,
+    as a GPU forward whose query blocks end before the plane does would leave it."""
+    b, length, h = 1, 19, 2
+    inputs = [t.float() for t in make_inputs(13, b, length, h)]
+    planes = [triton_kernels._planes(t, 32).requires_grad_(True) for t in inputs[:5]]
+    c = inputs[6].float() * triton_kernels._SCALE
+    o = triton_kernels._GeometricAttentionFn.apply(*planes, c, (None, None, None), h, length, 16, False, 1)
+    clean = torch.autograd.grad(o[:, :, :length].sum(), planes, retain_graph=True)
+    o.data[:, :, length:] = float("nan")  # .data: the autograd graph keeps this very tensor
+    poisoned = torch.autograd.grad(o[:, :, :length].sum(), planes)
+    for name, x, y in zip(INPUT_NAMES, clean, poisoned):
+        assert torch.isfinite(y[:, :, :length]).all(), name
+        torch.testing.assert_close(y[:, :, :length], x[:, :, :length], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("length", [12, 37])
+def test_masked_key_with_infinite_values_gives_no_nan(length):
+    """k_rot = inf (and k_dist, v) at a masked key: zeroed before the kernels, never −inf + inf."""
+    inputs = make_inputs(3, 1, length, 2, dtype=torch.float32)
+    key_mask = torch.ones(1, length, dtype=torch.bool, device=DEVICE)
+    key_mask[0, 5] = False
+    dirty = [t.clone() for t in inputs]
+    for i, value in ((1, float("inf")), (3, float("-inf")), (4, float("nan"))):
+        dirty[i][0, 5] = value
+    out, grads = forward_and_grads("triton", dirty, key_mask)
+    clean, clean_grads = forward_and_grads("triton", inputs, key_mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, clean)
+    for name, g, w in zip(INPUT_NAMES, grads, clean_grads):
+        if name in ("k_rot", "k_dist", "v"):
+            g, w = g[0, torch.arange(length) != 5], w[0, torch.arange(length) != 5]
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, w, msg=lambda m: f"{name}: {m}")
 
 
 # ---- compiled kernels on a real GPU (skipped without CUDA by conftest) -------------------

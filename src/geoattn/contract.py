@@ -37,8 +37,9 @@ __all__ = ["IMPLS", "BLOCK_SIZES", "TRITON_BLOCK_SIZES", "check_geometric_inputs
 
 IMPLS = ("auto", "naive", "chunked", "triton")
 
-#: Explicit key-block sizes the Triton kernels accept (each compiles without spills).
-TRITON_BLOCK_SIZES = (16, 32, 64)
+#: Explicit key-block sizes the Triton kernels accept: 16 and 32 compile without spills on
+#: sm_75/80/90; at 64 both backward kernels reach 255 registers and spill (offline compile).
+TRITON_BLOCK_SIZES = (16, 32)
 
 #: Which ``block_size`` each implementation accepts, besides None (its own choice):
 #: naive materializes every score, so it accepts any positive int and ignores it (callers
