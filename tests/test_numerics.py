@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import geoattn
 from helpers import make_inputs, random_mask
 
-IMPLS = ["naive", "chunked"]
+IMPLS = ["naive", "chunked", "triton"]  # triton runs in its interpreter on a CPU (tests/conftest.py)
 NAMES = ["q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight"]
 KEY_SIDE = (1, 3, 4)  # k_rot, k_dist, v: what a key carries
 SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 1e6])
@@ -25,7 +25,7 @@ SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 1e6])
 
 def run(impl, inputs, key_mask=None, **kw):
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out = geoattn.geometric_attention(*leaves, key_mask, impl=impl, block_size=4, **kw)
+    out = geoattn.geometric_attention(*leaves, key_mask, impl=impl, block_size=16 if impl == "triton" else 4, **kw)
     cot = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
     grads = torch.autograd.grad(out, leaves, cot, allow_unused=False)
     return out, grads

@@ -36,7 +36,8 @@ an output in their dtype; fp64 inputs are *computed in fp32* and returned as fp6
 ``impl="naive"`` for an fp64 reference). A query row without any key gets output 0,
 log-sum-exp +inf (so the backward's P = 2^(S − lse) is exactly 0) and gradient 0. At
 coincident points q_d[i] = k_d[j] the gradient of the norm is taken as 0, as in
-``geoattn.geometric.safe_norm``. Nothing reads memory the kernels did not write: Δ = G·O
+``geoattn.geometric.safe_norm``. Points so far apart that a squared distance could
+overflow fp32 (about 1.8e19 Å) make the whole output NaN, never a silent 0. Nothing reads memory the kernels did not write: Δ = G·O
 is computed on the first L positions only and is 0 past them.
 """
 from __future__ import annotations
@@ -311,7 +312,19 @@ def _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mas
     planes = [_planes(t, padded) for t in (a, k_rot, q_dist, k_dist, v)]  # O(L) PyTorch passes, not O(L²)
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():  # launch on the inputs' GPU
         o = _GeometricAttentionFn.apply(*planes, c, rows, h, length, block_size, use_small, splits)
-    return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype)
+    return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype) + _overflow_nan(q_dist, k_dist)
+
+
+def _overflow_nan(qd: Tensor, kd: Tensor) -> Tensor:
+    """0, or NaN when a squared distance could overflow fp32 (|q| + |k| near √(max/3)).
+
+    The kernels would read an overflowed distance as a score of −inf, the score of a masked
+    key, and return a silent 0; this makes the whole output NaN instead. It is decided on the
+    device (a 0-d ``where``, no synchronisation) from O(L) reductions.
+    """
+    bound = sum(x.abs().nan_to_num(nan=0.0, posinf=math.inf).amax().float() for x in (qd, kd))
+    limit = math.sqrt(torch.finfo(torch.float32).max / 3)  # a NaN input spoils its own rows only
+    return torch.where(bound < limit, 0.0, float("nan"))
 
 
 def _check_device(q_rot):

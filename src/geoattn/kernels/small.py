@@ -10,7 +10,6 @@ key loop, and the backward computes all seven gradients in one pass over the til
 Same math, base-2 scores, masks and biases as :mod:`.streaming` (see there); keys past L
 are masked by a compare (or by the bias row, −inf past L), queries past L get LSE = +inf.
 """
-# ruff: noqa: N803  (kernel arguments: upper case for pointers and constexprs, as in Triton's own code)
 import triton
 import triton.language as tl
 

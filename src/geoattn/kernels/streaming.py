@@ -18,7 +18,6 @@ L) removes altogether; queries past L get LSE = +inf, which makes their P exactl
 backward. The constexprs HAS_MASK, HAS_SEQ and HAS_CHAIN compile the key bias row, the
 sequence bias and the chain mask in only when given, so the plain path pays nothing.
 """
-# ruff: noqa: N803  (kernel arguments: upper case for pointers and constexprs, as in Triton's own code)
 import triton
 import triton.language as tl
 
