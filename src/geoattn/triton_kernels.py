@@ -37,8 +37,9 @@ an output in their dtype; fp64 inputs are *computed in fp32* and returned as fp6
 log-sum-exp +inf (so the backward's P = 2^(S − lse) is exactly 0) and gradient 0. At
 coincident points q_d[i] = k_d[j] the gradient of the norm is taken as 0, as in
 ``geoattn.geometric.safe_norm``. Points so far apart that a squared distance could
-overflow fp32 (about 1.8e19 Å) make the whole output NaN, never a silent 0. Nothing reads memory the kernels did not write: Δ = G·O
-is computed on the first L positions only and is 0 past them.
+overflow fp32 (about 1.8e19 Å) make the whole output NaN, never a silent 0. Nothing
+reads memory the kernels did not write: Δ = G·O is computed on the first L positions
+only and is 0 past them.
 """
 from __future__ import annotations
 
