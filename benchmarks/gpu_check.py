@@ -486,8 +486,9 @@ def _time_and_measure(fn, spec: dict, device: str, timing: Timing) -> dict:
             times.append((time.perf_counter() - t0) * 1e3)
     fields.update(median_ms=statistics.median(times), min_ms=min(times), repeats=len(times))
     fields["pairs_per_s"] = b * h * length**2 / (fields["median_ms"] / 1e3)
-    if spec["impl"] == "triton":
-        fields["autotuned"] = _triton_autotuned()
+    if spec["impl"] == "triton":  # a forward-only row must not report a backward tuned earlier
+        tuned = _triton_autotuned() or {}
+        fields["autotuned"] = {k: v for k, v in tuned.items() if backward or k == "fwd"} or None
     return fields
 
 
@@ -690,6 +691,10 @@ def main(argv=None) -> int:
         print(f"gpu_check: CUDA is not available (torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
               "refusing to write GPU results. Run it on a machine with an NVIDIA GPU, or use "
               "--dry-run --out <file> to exercise the code on the CPU.", file=sys.stderr)
+        return 2
+    if not args.dry_run and os.environ.get("TRITON_INTERPRET"):
+        print("gpu_check: TRITON_INTERPRET is set: unset it, or the Triton kernels would not be compiled for the GPU",
+              file=sys.stderr)
         return 2
     mode_name = "dry-run" if args.dry_run else "cuda"
     mode = MODES[mode_name]
