@@ -111,18 +111,18 @@ def _masked_weighted_sum(alpha: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     (..., L_q, n, d_v) for those n keys, nothing when every value is finite.
     """
     mask = torch.broadcast_to(mask, alpha.shape)
-    v = torch.where(_seen(mask), v, torch.zeros((), dtype=v.dtype, device=v.device))
+    v = torch.where(_seen(mask), v, 0.0)
     finite = torch.isfinite(v)
-    z = alpha @ torch.where(finite, v, torch.zeros((), dtype=v.dtype, device=v.device))
+    z = alpha @ torch.where(finite, v, 0.0)
     bad = (~finite).any(dim=-1).reshape(-1, v.shape[-2]).any(dim=0)  # (L_k,)
     if v.device.type == "meta" or not bad.any():
         return z
     keys = bad.nonzero().squeeze(-1)
     v_bad = v.index_select(-2, keys)
-    v_bad = torch.where(torch.isfinite(v_bad), torch.zeros((), dtype=v.dtype, device=v.device), v_bad)
+    v_bad = torch.where(torch.isfinite(v_bad), 0.0, v_bad)
     a_bad = alpha.index_select(-1, keys)[..., None]  # (..., L_q, n, 1)
     keep = mask.index_select(-1, keys)[..., None]
-    terms = torch.where(keep, a_bad * v_bad[..., None, :, :], torch.zeros((), dtype=z.dtype, device=z.device))
+    terms = torch.where(keep, a_bad * v_bad[..., None, :, :], 0.0)
     return z + terms.sum(dim=-2)
 
 
@@ -143,11 +143,12 @@ def scaled_dot_product_attention(
     of ``q`` (0 · NaN in the backward matmul).
     """
     _check_qkv(q, k, v, mask)
-    if mask is not None:  # keys no query may see: zeroed, so NaN there reaches nothing
-        k = torch.where(_seen(mask), k, torch.zeros((), dtype=k.dtype, device=k.device))
+    # Zero the keys no query may see, so that a NaN there reaches nothing.
+    if mask is not None:
+        k = torch.where(_seen(mask), k, 0.0)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     alpha = softmax(scores, dim=-1, mask=mask)
-    # Masked pairs have weight 0, and 0 · NaN = NaN: see _masked_weighted_sum.
+    # Masked pairs weigh 0, but 0 · NaN = NaN: see _masked_weighted_sum.
     z = alpha @ v if mask is None else _masked_weighted_sum(alpha, v, mask)
     return (z, alpha) if return_weights else z
 
