@@ -301,3 +301,141 @@ def test_seed_tensors_are_float64_and_exported():
 def test_attention_steps_rejects_bad_shapes(bad, match):
     with pytest.raises(ValueError, match=match):
         attention_steps(*bad)
+
+
+# ---------------------------------------------- masked pairs never matter; invalid arguments
+
+_NONFINITE = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e300, -1e300])
+
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 2**16), _NONFINITE, st.booleans())
+def test_masked_pairs_never_change_the_output(lq, lk, seed, bad, per_pair):
+    """Poison every masked pair's key and value: the outputs stay bitwise the same."""
+    g = _gen(seed)
+    q = torch.randn(2, lq, 3, generator=g, dtype=torch.float64)
+    k = torch.randn(2, lk, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(2, lk, 4, generator=g, dtype=torch.float64)
+    if per_pair:
+        mask = torch.rand(2, lq, lk, generator=g) < 0.6
+    else:
+        mask = (torch.rand(2, 1, lk, generator=g) < 0.6).expand(2, lq, lk)
+    ref = scaled_dot_product_attention(q, k, v, mask)
+    # a key that no query may see can hold anything, in k and in v
+    unseen = ~mask.any(dim=-2)  # (2, L_k)
+    k2, v2 = k.clone(), v.clone()
+    k2[unseen], v2[unseen] = bad, bad
+    # a key masked for some queries only: a bad value changes exactly the rows that see it
+    partly = mask.any(dim=-2) & ~mask.all(dim=-2)
+    if partly.any():
+        b, j = partly.nonzero()[0].tolist()
+        v2[b, j, 0] = bad
+    out = scaled_dot_product_attention(q, k2, v2, mask)
+    changed = torch.zeros_like(ref, dtype=torch.bool)
+    if partly.any():
+        changed[b, :, 0] = mask[b, :, j]
+    assert torch.equal(out[~changed], ref[~changed])
+    if partly.any() and bad != bad:  # NaN at a pair the mask keeps gives NaN
+        assert out[changed].isnan().all()
+    # fully masked rows are zeros
+    assert (out[~mask.any(dim=-1)] == 0).all()
+
+
+def test_a_nan_at_an_unmasked_position_gives_nan():
+    q, k, v = torch.randn(3, 2), torch.randn(4, 2), torch.randn(4, 2)
+    mask = torch.tensor([True, False, True, True])
+    v[2, 1] = float("nan")
+    z = scaled_dot_product_attention(q, k, v, mask)
+    assert z[:, 1].isnan().all() and torch.isfinite(z[:, 0]).all()
+    k[0, 0] = float("nan")
+    assert scaled_dot_product_attention(q, k, v, mask).isnan().all()
+
+
+def test_gradients_ignore_keys_masked_for_every_query():
+    g = _gen(3)
+    q = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True, False], [False, True, True, True, True]])[:, None, :]
+    grads = []
+    for bad in (None, float("nan"), float("inf")):
+        k2, v2 = k.clone(), v.clone()
+        if bad is not None:
+            k2[~mask[:, 0]], v2[~mask[:, 0]] = bad, bad
+        k2.requires_grad_(), v2.requires_grad_()
+        scaled_dot_product_attention(q, k2, v2, mask).sum().backward()
+        grads.append((q.grad.clone(), k2.grad[mask[:, 0]], v2.grad[mask[:, 0]]))
+        q.grad = None
+    for got in grads[1:]:
+        for a, b in zip(got, grads[0]):
+            assert torch.equal(a, b)
+
+
+def test_softmax_ignores_masked_logits_even_nan():
+    x = torch.tensor([[1.0, float("nan"), 3.0], [float("inf"), 0.0, 1.0]])
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    p = softmax(x, mask=mask)
+    torch.testing.assert_close(p, softmax(torch.tensor([[1.0, 0.0, 3.0], [0.0, 0.0, 1.0]]), mask=mask))
+    assert softmax(x).isnan().any()
+
+
+@pytest.mark.parametrize("other", ["meta", "k", "v", "mask"])
+def test_mixed_devices_raise(other):
+    q, k, v = torch.randn(3, 2), torch.randn(4, 2), torch.randn(4, 2)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    args = {"q": q, "k": k, "v": v, "mask": mask}
+    name = "q" if other == "meta" else other
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"{name} is on meta|is on cpu but {name} is on meta"):
+        scaled_dot_product_attention(**args)
+    with pytest.raises(ValueError, match="mask is on meta"):
+        softmax(torch.randn(3, 4), mask=mask.to("meta"))
+
+
+def test_a_mask_larger_than_its_tensor_is_refused():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="mask of shape"):
+        softmax(x, mask=torch.ones(2, 3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask of shape"):
+        scaled_dot_product_attention(x, x, x, torch.ones(2, 3, 3, dtype=torch.bool))
+
+
+def test_invalid_lengths_and_sizes_follow_the_error_policy():
+    with pytest.raises(ValueError, match="lengths must be an integer"):
+        padding_mask(torch.tensor([1.0, 2.0]), 3)
+    with pytest.raises(ValueError, match="lengths must be an integer"):
+        padding_mask(torch.tensor([float("nan")]), 3)
+    with pytest.raises(TypeError, match="max_length"):
+        padding_mask(torch.tensor([1, 2]), 3.5)
+    with pytest.raises(TypeError, match="lengths"):
+        padding_mask([1, 2], 3)
+    with pytest.raises(TypeError, match="length"):
+        causal_mask(2.0)
+    with pytest.raises(TypeError, match="d_model"):
+        MultiHeadAttention(4.0, 2)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        scaled_dot_product_attention([[1.0]], torch.ones(1, 1), torch.ones(1, 1))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        softmax([1.0, 2.0])
+
+
+@pytest.mark.parametrize("kwargs, ours_bias, match", [
+    ({"bias": True}, False, "bias=True"),
+    ({"bias": False}, True, "bias=False"),
+    ({"add_bias_kv": True}, True, "add_bias_kv"),
+    ({"add_zero_attn": True}, True, "add_zero_attn"),
+    ({"kdim": 3, "vdim": 5}, True, "kdim=3, vdim=5"),
+])
+def test_load_from_torch_refuses_what_it_cannot_copy(kwargs, ours_bias, match):
+    ref = torch.nn.MultiheadAttention(4, 2, batch_first=True, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        MultiHeadAttention(4, 2, bias=ours_bias).load_from_torch(ref)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_load_from_torch_copies_exactly_what_it_accepts(bias):
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(4, 2, batch_first=True, bias=bias).double().eval()
+    ours = MultiHeadAttention(4, 2, bias=bias).double().load_from_torch(ref)
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], ref(x, x, x)[0], rtol=1e-12, atol=1e-12)

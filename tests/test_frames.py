@@ -12,6 +12,7 @@ from geoattn.frames import (
     apply_frame,
     apply_rotation,
     compose_frames,
+    degenerate_residues,
     frames_from_backbone,
     invert_frame,
     is_rotation,
@@ -171,10 +172,18 @@ def test_leading_dimensions_broadcast():
         (lambda: apply_rotation(torch.eye(3).expand(4, 3, 3), torch.zeros(5, 3)), "vectors"),
         (lambda: invert_frame(torch.eye(3), torch.zeros(2, 2)), "translations"),
         (lambda: compose_frames(torch.eye(3), torch.zeros(3), torch.eye(2), torch.zeros(3)), "r2"),
-        (lambda: frames_from_backbone(torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, 3)), "n, ca and c"),
+        (lambda: frames_from_backbone(torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, 3)), "ca's leading"),
         (lambda: frames_from_backbone(torch.zeros(4, 2), torch.zeros(4, 3), torch.zeros(4, 3)), "n must"),
         (lambda: frames_from_backbone(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3), torch.zeros(4, 3)),
          "floating"),
+        (lambda: apply_frame(torch.eye(3), torch.zeros(3, dtype=torch.float64), torch.zeros(3)),
+         "translations has dtype"),
+        (lambda: random_rotation(dtype=torch.int64), "dtype"),
+        (lambda: random_rotation(dtype=torch.bool), "dtype"),
+        (lambda: random_rigid(2, translation_scale=float("inf")), "translation_scale"),
+        (lambda: random_rigid(2, translation_scale=float("nan")), "translation_scale"),
+        (lambda: frames_from_backbone(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(4, 3), missing="x"),
+         "missing"),
         (lambda: random_rigid(2, translation_scale=-1.0), "translation_scale"),
         (lambda: rotation_angle(torch.zeros(3)), "rotations"),
     ],
@@ -267,8 +276,9 @@ def test_degenerate_residue_raises_naming_it(case):
         n[2, 1] = float("nan")
     else:
         c[2, 0] = float("inf")
-    with pytest.raises(ValueError, match="residue 2 has"):
+    with pytest.raises(ValueError, match="at index 2: no frame"):
         frames_from_backbone(n, ca, c)
+    assert degenerate_residues(n, ca, c).tolist() == [False, False, True, False]
     # Batched input names the full index.
     with pytest.raises(ValueError, match=r"index \(1, 2\)"):
         frames_from_backbone(*(torch.stack([x0, x]) for x0, x in zip(_fixed_backbone(4, torch.float32), (n, ca, c))))
@@ -288,3 +298,75 @@ def _fixed_backbone(L, dtype=torch.float64):
     n = ca + torch.tensor([-0.5, 1.37, 0.0], dtype=torch.float64)
     c = ca + torch.tensor([1.52, 0.0, 0.0], dtype=torch.float64)
     return n.to(dtype), ca.to(dtype), c.to(dtype)
+
+
+# --- the error policy: wrong types, mixed devices -------------------------------------------
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: apply_frame([[1.0]], torch.zeros(3), torch.zeros(3)), "rotations"),
+    (lambda: compose_frames(torch.eye(3), (0.0, 0.0, 0.0), torch.eye(3), torch.zeros(3)), "t1"),
+    (lambda: random_rotation(2.0), "batch_shape"),
+    (lambda: random_rotation(dtype="float32"), "dtype"),
+    (lambda: random_rigid(translation_scale="1"), "translation_scale"),
+])
+def test_a_wrong_type_raises_type_error_naming_the_argument(call, name):
+    with pytest.raises(TypeError, match=name):
+        call()
+
+
+@pytest.mark.parametrize("which", ["rotations", "vectors"])
+def test_mixed_devices_raise_instead_of_returning_garbage(which):
+    r, v = torch.eye(3), torch.ones(4, 3)
+    args = {"rotations": r, "vectors": v}
+    args[which] = args[which].to("meta")
+    with pytest.raises(ValueError, match="meta"):
+        apply_rotation(**args)
+    with pytest.raises(ValueError, match="translations is on meta"):
+        apply_frame(r, torch.zeros(3, device="meta"), v)
+    with pytest.raises(ValueError, match="points is on meta"):
+        apply_frame(r, torch.zeros(3), v.to("meta"))
+    assert apply_rotation(r.to("meta"), v.to("meta")).device.type == "meta"  # one device is fine
+
+
+# --- residues without coordinates: ESM's "black hole" frame ----------------------------------
+
+def test_missing_average_gives_absent_residues_the_frame_of_the_average_atoms():
+    n, ca, c = _fixed_backbone(6)
+    absent = torch.tensor([False, True, False, False, True, False])
+    n2, ca2, c2 = n.clone(), ca.clone(), c.clone()
+    n2[1, 0], c2[4] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="index 1"):
+        frames_from_backbone(n2, ca2, c2)
+    r, t = frames_from_backbone(n2, ca2, c2, missing="average")
+    r_ref, t_ref = frames_from_backbone(n, ca, c)
+    assert torch.equal(r[~absent], r_ref[~absent]) and torch.equal(t[~absent], t_ref[~absent])
+    keep = ~absent
+    r_avg, t_avg = frames_from_backbone(n[keep].mean(0), ca[keep].mean(0), c[keep].mean(0))
+    for i in (1, 4):
+        torch.testing.assert_close(r[i], r_avg, rtol=0, atol=1e-14)
+        torch.testing.assert_close(t[i], t_avg, rtol=0, atol=1e-14)
+    assert is_rotation(r, atol=1e-12).all()
+    assert degenerate_residues(n2, ca2, c2).tolist() == absent.tolist()
+
+
+def test_missing_average_per_chain_and_with_no_coordinates_at_all():
+    n, ca, c = (torch.stack([x, x + 10.0]) for x in _fixed_backbone(3))  # (2, 3, 3)
+    for x in (n, ca, c):
+        x[1] = float("nan")  # the second chain has no coordinates at all
+    r, t = frames_from_backbone(n, ca, c, missing="average")
+    assert torch.equal(r[1], torch.eye(3, dtype=r.dtype).expand(3, 3, 3))
+    assert torch.equal(t[1], torch.zeros(3, 3, dtype=t.dtype))
+    assert torch.equal(r[0], frames_from_backbone(n[0], ca[0], c[0])[0])
+
+
+def test_missing_average_still_raises_on_finite_degenerate_atoms_and_keeps_gradients_finite():
+    n, ca, c = _fixed_backbone(4)
+    n[0] = float("nan")
+    c2 = c.clone()
+    c2[2] = ca[2]
+    with pytest.raises(ValueError, match="index 2"):
+        frames_from_backbone(n, ca, c2, missing="average")
+    n, ca, c = (x.clone().requires_grad_(True) for x in (n, ca, c))
+    r, t = frames_from_backbone(n, ca, c, missing="average")
+    (r.sum() + t.sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in (n, ca, c))

@@ -48,3 +48,27 @@ def test_chunked_uses_less_than_naive_and_is_deterministic():
 def test_rejects_a_non_callable():
     with pytest.raises(ValueError, match="fn"):
         peak_tensor_memory(3)
+
+
+def test_inputs_and_views_of_inputs_are_never_counted():
+    x = torch.randn(1024, 1024)  # 4 MiB, created before the measurement
+    assert peak_tensor_memory(lambda: x.t()).peak_bytes == 0
+    assert peak_tensor_memory(torch.t, x).peak_bytes == 0
+    assert peak_tensor_memory(lambda: x.t().t()[3:].reshape(-1)).peak_bytes == 0
+    assert peak_tensor_memory(lambda: x.add_(0.0)).peak_bytes == 0  # in place: no new storage
+    # A copy is new memory, once; a view of it adds nothing.
+    assert peak_tensor_memory(lambda: x.t().contiguous()).peak_bytes == 4 * 2**20
+    copied = peak_tensor_memory(lambda: (lambda y: (y, y.t(), y[::2]))(x * 2))
+    assert copied.peak_bytes == copied.retained_bytes == 4 * 2**20
+
+
+def test_a_view_of_a_new_tensor_keeps_it_alive():
+    x = torch.randn(1000)
+
+    def f():
+        y = x * 2  # 4000 bytes
+        v = y[:10]
+        del y
+        return v  # the view keeps y's whole storage alive
+
+    assert peak_tensor_memory(f).retained_bytes == 4000

@@ -1,6 +1,7 @@
 """Backbone loading: ubiquitin ships and loads, files are read the documented way
 (first model, first altloc, amino acids only, one chain), missing atoms are named, and
 fetch_backbone works with the download replaced (this machine has no internet)."""
+import gzip
 from importlib import resources
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_bad_sources_raise_value_error(tmp_path):
     (tmp_path / "x.xyz").write_text("3\n")
     with pytest.raises(ValueError, match="unknown format"):
         load_backbone(tmp_path / "x.xyz")
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(TypeError, match="source"):
         load_backbone(42)
 
 
@@ -180,10 +181,24 @@ def test_fetch_backbone_with_a_fake_download(monkeypatch):
     assert target is not None and not Path(target).exists()  # the temporary directory is gone
 
 
-@pytest.mark.parametrize("bad", ["1ub", "UBQ1", "1UBQ.pdb", "", 1234])
+@pytest.mark.parametrize("bad", ["1ub", "UBQ1", "1UBQ.pdb", "", "1UBQ\n", " 1UBQ", "1UBQ1"])
 def test_fetch_backbone_rejects_bad_ids(bad):
     with pytest.raises(ValueError, match="pdb_id"):
         fetch_backbone(bad)
+    with pytest.raises(TypeError, match="pdb_id"):
+        fetch_backbone(1234)
+
+
+def test_fetch_backbone_offline_says_so(monkeypatch):
+    import requests
+    from biotite.database import rcsb
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'models.rcsb.org'")
+
+    monkeypatch.setattr(rcsb, "fetch", offline)
+    with pytest.raises(ConnectionError, match="offline.*load_backbone"):
+        fetch_backbone("1UBQ")
 
 
 # --- distances and contacts ---------------------------------------------------------------
@@ -233,3 +248,213 @@ def test_plot_backbone_frames_draws_the_trace_and_three_axes():
             plot_backbone_frames(bb, rotations=bb.frames()[0])
     finally:
         plt.close("all")
+
+
+# --- real entries (tests/data, see its README) ------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def real(tmp_path):
+    """The path of an uncompressed copy of a real PDB entry from tests/data."""
+    def unpack(name):
+        path = tmp_path / name
+        path.write_bytes(gzip.decompress((DATA / f"{name}.gz").read_bytes()))
+        return path
+    return unpack
+
+
+def _cif_residues(path, chain):
+    """(res_id, ins_code, name, CA xyz) of the chain's polymer residues, straight from the
+    atom_site table: model 1, first alternate location, entity type 'polymer'."""
+    from biotite.structure.io import pdbx
+
+    f = (pdbx.BinaryCIFFile if path.suffix == ".bcif" else pdbx.CIFFile).read(str(path))
+    site, entity = f.block["atom_site"], f.block["entity"]
+    col = {k: site[k].as_array(str) for k in ("auth_asym_id", "label_atom_id", "label_alt_id", "auth_seq_id",
+                                              "pdbx_PDB_ins_code", "label_comp_id", "label_entity_id",
+                                              "pdbx_PDB_model_num", "Cartn_x", "Cartn_y", "Cartn_z")}
+    polymer = set(entity["id"].as_array(str)[entity["type"].as_array(str) == "polymer"])
+    rows, first_alt = {}, {}
+    for i in range(len(col["auth_asym_id"])):
+        if (col["pdbx_PDB_model_num"][i] != "1" or col["auth_asym_id"][i] != chain
+                or col["label_entity_id"][i] not in polymer or col["label_atom_id"][i] != "CA"):
+            continue
+        ins = "" if col["pdbx_PDB_ins_code"][i] in ("?", ".") else col["pdbx_PDB_ins_code"][i]
+        key = (int(col["auth_seq_id"][i]), ins)
+        alt = col["label_alt_id"][i]
+        if key in rows and alt != first_alt[key]:
+            continue  # a later alternate location of the same atom
+        first_alt[key] = alt
+        rows[key] = (col["label_comp_id"][i], [float(col[f"Cartn_{a}"][i]) for a in "xyz"])
+    return [(*k, name, xyz) for k, (name, xyz) in rows.items()]
+
+
+@pytest.mark.parametrize("name, chain", [
+    ("1a8o.cif", "A"),   # mmCIF text, with waters
+    ("2ofg.cif", "X"),   # NMR: three models, the first is read
+    ("1dix.bcif", "A"),  # BinaryCIF; insertion codes 1X-4X before residues 2, 3, 4
+    ("4i39.bcif", "A"),  # 750 backbone atoms with alternate locations
+])
+def test_real_cif_entries_match_their_atom_site_table(real, name, chain):
+    path = real(name)
+    expected = _cif_residues(path, chain)
+    for mode in ("raise", "drop", "mask"):
+        bb = load_backbone(path, chain, on_incomplete=mode)
+        assert [(r, i, n) for r, i, n, _ in expected] == list(zip(bb.res_ids, bb.ins_codes, bb.res_names))
+        assert torch.equal(bb.ca, torch.tensor([xyz for *_, xyz in expected], dtype=torch.float32))
+        assert bb.mask.all()
+        r, _ = bb.frames()
+        assert is_rotation(r, atol=1e-5).all()
+
+
+def test_insertion_codes_keep_residue_ids_unique(real):
+    bb = load_backbone(real("1dix.bcif"))
+    assert len(set(bb.res_ids)) < len(bb)  # numbers alone repeat...
+    assert len(set(zip(bb.res_ids, bb.ins_codes))) == len(bb)  # ...with insertion codes they do not
+    i = bb.ins_codes.index("X")
+    assert bb.label(i) == f"residue {bb.res_names[i]} {bb.res_ids[i]}X of chain A"
+    with pytest.raises(ValueError, match="identify each residue once"):
+        Backbone(bb.n[:2], bb.ca[:2], bb.c[:2], ("ALA", "GLY"), (5, 5), "A", ("", ""))
+
+
+def _pdb_ca_records(path, chain):
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith(("ATOM  ", "HETATM"))]
+    return [(int(ln[22:26]), ln[17:20]) for ln in lines if ln[21] == chain and ln[12:16] == " CA "]
+
+
+def test_real_pdb_entry_with_a_modified_residue_two_chains_and_a_ligand(real):
+    path = real("1hvr.pdb")  # HIV-1 protease dimer; CSO 67 is a HETATM record inside each chain
+    for chain in "AB":
+        bb = load_backbone(path, chain)
+        ca = [(r, n) for r, n in _pdb_ca_records(path, chain)]
+        assert list(zip(bb.res_ids, bb.res_names)) == ca
+        assert bb.res_names[bb.res_ids.index(67)] == "CSO"
+
+
+def _free_glycine(lines, chain, number, shift):
+    """A GLY residue copied from the file, renumbered, moved by `shift` Å and written as
+    HETATM records: a free amino acid (or, placed next to the chain's end, a bonded one)."""
+    gly = [ln for ln in lines if ln.startswith("ATOM") and ln[17:20] == "GLY" and ln[21] == chain]
+    first = gly[0][22:26]
+    out = []
+    for ln in gly:
+        if ln[22:26] != first:
+            break
+        xyz = [float(ln[30 + 8 * k:38 + 8 * k]) + shift[k] for k in range(3)]
+        out.append("HETATM" + ln[6:22] + f"{number:4d}" + ln[26:30] + "".join(f"{x:8.3f}" for x in xyz) + ln[54:])
+    return out
+
+
+def test_free_amino_acid_ligands_are_dropped_and_bonded_ones_kept(real, tmp_path):
+    lines = real("1hvr.pdb").read_text().splitlines()
+    ter = next(i for i, ln in enumerate(lines) if ln.startswith("TER") and ln[21] == "A")
+    # Three free glycines after chain A's TER record, 10-30 Å away from it.
+    free = [ln for k in range(3) for ln in _free_glycine(lines, "A", 301 + k, (10.0 * (k + 1), 0.0, 0.0))]
+    path = tmp_path / "free.pdb"
+    path.write_text("\n".join(lines[:ter + 1] + free + lines[ter + 1:]) + "\n")
+    bb = load_backbone(path, "A")
+    assert len(bb) == 99 and max(bb.res_ids) == 99
+    # A glycine whose N sits 1.33 Å from PHE 99's C is peptide-bonded: part of the chain.
+    c99 = next(ln for ln in lines if ln.startswith("ATOM") and ln[21] == "A" and ln[22:26] == "  99"
+               and ln[12:16] == " C  ")
+    gly = _free_glycine(lines, "A", 100, (0.0, 0.0, 0.0))
+    n_gly = next(ln for ln in gly if ln[12:16] == " N  ")
+    shift = [float(c99[30 + 8 * k:38 + 8 * k]) - float(n_gly[30 + 8 * k:38 + 8 * k]) + (1.33 if k == 0 else 0.0)
+             for k in range(3)]
+    path.write_text("\n".join(lines[:ter] + _free_glycine(lines, "A", 100, shift) + lines[ter:]) + "\n")
+    bb = load_backbone(path, "A")
+    assert len(bb) == 100 and bb.res_ids[-1] == 100 and bb.res_names[-1] == "GLY"
+
+
+# --- incomplete and split residues --------------------------------------------------------------
+
+def test_on_incomplete_raise_drop_and_mask(tmp_path):
+    lines = [ln for ln in _ubq_atom_lines({1, 2, 3}) if not (ln[12:16] == " CA " and int(ln[22:26]) == 2)]
+    path = _write(tmp_path, lines)
+    with pytest.raises(ValueError, match=r"mini.pdb: residue GLN 2 of chain A lacks atom CA.*on_incomplete"):
+        load_backbone(path)
+    dropped = load_backbone(path, on_incomplete="drop")
+    assert dropped.res_ids == (1, 3) and dropped.res_names == ("MET", "ILE") and dropped.mask.all()
+    masked = load_backbone(path, on_incomplete="mask")
+    assert masked.res_ids == (1, 2, 3) and masked.mask.tolist() == [True, False, True]
+    assert masked.ca[1].isnan().all() and torch.isfinite(masked.n[1]).all()
+    assert "1 masked" in repr(masked)
+    with pytest.raises(ValueError, match="residue GLN 2 of chain A has no frame"):
+        masked.frames()
+    r, t = masked.frames(missing="average")
+    assert torch.equal(r[[0, 2]], dropped.frames()[0]) and torch.isfinite(t).all()
+    with pytest.raises(ValueError, match="on_incomplete"):
+        load_backbone(path, on_incomplete="skip")
+
+
+def test_degenerate_residue_is_named_as_the_file_names_it(tmp_path):
+    lines = _ubq_atom_lines({1, 2, 3})
+    ca2 = next(ln for ln in lines if ln[12:16] == " CA " and int(ln[22:26]) == 2)
+    lines = [_with(ln, x=float(ca2[30:38])) if ln[12:16] == " C  " and int(ln[22:26]) == 2 else ln
+             for ln in lines]
+    lines = [ln[:30] + ca2[30:54] + ln[54:] if ln[12:16] == " C  " and int(ln[22:26]) == 2 else ln for ln in lines]
+    bb = load_backbone(_write(tmp_path, [ln[:26] + ("A" if int(ln[22:26]) == 2 else " ") + ln[27:] for ln in lines]))
+    with pytest.raises(ValueError, match="residue GLN 2A of chain A has no frame: its N, CA, C coincide"):
+        bb.frames()
+
+
+def test_split_residue_is_reported_as_split(tmp_path):
+    lines = _ubq_atom_lines({1, 2, 3})
+    res2 = [ln for ln in lines if int(ln[22:26]) == 2]
+    moved = res2[4:]  # side chain atoms of GLN 2, written after ILE 3
+    path = _write(tmp_path, [ln for ln in lines if ln not in moved] + moved)
+    with pytest.raises(ValueError, match="residue GLN 2 of chain A is split.*ILE 3"):
+        load_backbone(path, on_incomplete="drop")
+
+
+# --- damaged and mislabelled files ----------------------------------------------------------------
+
+def _damaged(tmp_path, real, kind):
+    ubq = UBQ_PDB.read_text()
+    atom_lines = [i for i, ln in enumerate(ubq.splitlines(), 1) if ln.startswith("ATOM")]
+    cases = {
+        "gzip named .pdb": ("x.pdb", gzip.compress(ubq.encode()), "gzip"),
+        "BinaryCIF named .pdb": ("x.pdb", real("1dix.bcif").read_bytes(), "BinaryCIF.*bcif"),
+        "BinaryCIF named .cif": ("x.cif", real("4i39.bcif").read_bytes(), "BinaryCIF"),
+        "empty": ("x.pdb", b"", "empty"),
+        "blank": ("x.cif", b"\n  \n", "empty"),
+        "binary": ("x.cif", bytes(range(256)) * 4, "binary"),
+        "truncated BinaryCIF": ("x.bcif", real("1dix.bcif").read_bytes()[:5000], "cannot read"),
+        "truncated mmCIF": ("x.cif", real("1a8o.cif").read_bytes()[:60000], "cannot read"),
+        "truncated PDB": ("x.pdb", ubq.encode()[:ubq.index("\nATOM") + 500],
+                          f"line {atom_lines[6]}: the ATOM record has"),
+        "short-line CA-only PDB": ("x.pdb", "\n".join(ln[:54] for ln in ubq.splitlines()
+                                                     if ln[12:16] == " CA ").encode(), "line 1: the ATOM record"),
+        "******** coordinates": ("x.pdb", "\n".join(ln[:30] + "********" + ln[38:] if i == atom_lines[3] else ln
+                                                   for i, ln in enumerate(ubq.splitlines(), 1)).encode(),
+                                 rf"line {atom_lines[3]}: coordinates '\*{{8}}"),
+        "mmCIF named .pdb": ("x.pdb", real("1a8o.cif").read_bytes(), "mmCIF, not PDB"),
+        "PDB named .cif": ("x.cif", ubq.encode(), "not mmCIF"),
+        "text named .bcif": ("x.bcif", ubq.encode(), "text, not BinaryCIF"),
+    }
+    name, data, match = cases[kind]
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, match
+
+
+@pytest.mark.parametrize("kind", [
+    "gzip named .pdb", "BinaryCIF named .pdb", "BinaryCIF named .cif", "empty", "blank", "binary",
+    "truncated BinaryCIF", "truncated mmCIF", "truncated PDB", "short-line CA-only PDB",
+    "******** coordinates", "mmCIF named .pdb", "PDB named .cif", "text named .bcif",
+])
+def test_damaged_or_mislabelled_files_raise_a_value_error_naming_the_file(tmp_path, real, kind):
+    path, match = _damaged(tmp_path, real, kind)
+    with pytest.raises(ValueError, match=match) as info:
+        load_backbone(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("dtype, error", [
+    (torch.int64, ValueError), (torch.bool, ValueError), (torch.float16, ValueError), ("float32", TypeError),
+])
+def test_load_backbone_refuses_a_non_float_dtype(dtype, error):
+    with pytest.raises(error, match="dtype"):
+        load_backbone(UBQ_PDB, dtype=dtype)

@@ -13,6 +13,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .validation import (
+    require_bool_mask,
+    require_int,
+    require_same_device,
+    require_tensor,
+)
+
 __all__ = [
     "softmax",
     "scaled_dot_product_attention",
@@ -24,10 +31,17 @@ __all__ = [
 ]
 
 
-def _require_tensor(name: str, x) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    return x
+def _check_mask(mask: Tensor | None, shape: tuple, what: str) -> None:
+    """``mask`` is None or a bool tensor that broadcasts to ``shape`` without growing it."""
+    if require_bool_mask("mask", mask) is None:
+        return
+    try:
+        fits = torch.broadcast_shapes(mask.shape, shape) == torch.Size(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {what} "
+                         f"of shape {tuple(shape)}")
 
 
 def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
@@ -37,22 +51,17 @@ def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     exponent ≤ 0, so logits of ±1e4 neither overflow nor produce NaN.
 
     ``mask`` (bool, broadcastable to ``x``) marks the entries that take part; the rest
-    get weight 0. A row with no entry left returns all zeros.
+    get weight exactly 0, whatever they hold (NaN and ±inf included). A row with no
+    entry left returns all zeros.
     """
-    x = _require_tensor("x", x)
+    require_tensor("x", x)
+    _check_mask(mask, x.shape, "x")
     if mask is not None:
-        mask = _require_tensor("mask", mask)
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        try:
-            torch.broadcast_shapes(mask.shape, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to x of shape {tuple(x.shape)}"
-            ) from None
-        x = x.masked_fill(~mask, float("-inf"))
+        require_same_device({"x": x, "mask": mask}, "x")
+        # where, not arithmetic: a NaN or inf logit at a masked entry must not leak.
+        x = torch.where(mask, x, float("-inf"))
     m = x.amax(dim=dim, keepdim=True)
-    # A fully masked row has max -inf; shifting by 0 there keeps exp(-inf) = 0 and avoids inf - inf.
+    # A fully masked row has max -inf: shift it by 0 instead (no inf - inf).
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     e = torch.exp(x - m)
     total = e.sum(dim=dim, keepdim=True)
@@ -61,13 +70,17 @@ def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _require_tensor(name, t)
+        require_tensor(name, t)
         if t.dim() < 2:
-            raise ValueError(f"{name} must have rank >= 2 (..., length, dim), got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must have rank >= 2 (..., length, dim), "
+                             f"got shape {tuple(t.shape)}")
+    require_same_device({"q": q, "k": k, "v": v, "mask": mask}, "q")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"k must have the same last dimension d_k as q: q has {q.shape[-1]}, k has {k.shape[-1]}")
+        raise ValueError(f"k must have the same last dimension d_k as q: q has {q.shape[-1]}, "
+                         f"k has {k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"v must have as many rows as k (one value per key): k has {k.shape[-2]}, v has {v.shape[-2]}")
+        raise ValueError(f"v must have as many rows as k (one value per key): k has "
+                         f"{k.shape[-2]}, v has {v.shape[-2]}")
     # Leading (batch, head) dimensions broadcast, as in torch.matmul; name the culprit.
     for name, others in (("k", (q,)), ("v", (q, k))):
         lead = {"k": k, "v": v}[name].shape[:-2]
@@ -75,21 +88,42 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
             torch.broadcast_shapes(lead, *(t.shape[:-2] for t in others))
         except RuntimeError:
             seen = ", ".join(str(tuple(t.shape[:-2])) for t in others)
-            raise ValueError(
-                f"{name}'s leading (batch) dimensions {tuple(lead)} do not broadcast with those of q/k: {seen}"
-            ) from None
-    if mask is not None:
-        _require_tensor("mask", mask)
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
-        try:
-            if torch.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
-                raise RuntimeError
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {scores_shape}"
-            ) from None
+            raise ValueError(f"{name}'s leading (batch) dimensions {tuple(lead)} do not "
+                             f"broadcast with those of q/k: {seen}") from None
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    _check_mask(mask, (*lead, q.shape[-2], k.shape[-2]), "the scores")
+
+
+def _seen(mask: Tensor) -> Tensor:
+    """(..., L_k, 1): whether any query may attend to each key of a (..., L_q, L_k) mask."""
+    return (mask if mask.dim() > 1 else mask[None]).any(dim=-2)[..., None]
+
+
+def _masked_weighted_sum(alpha: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """``alpha @ v`` in which a masked (query, key) pair adds exactly nothing.
+
+    Its weight is exactly 0, which is enough while the value is finite; but 0 · NaN and
+    0 · inf are NaN, so one non-finite value at a masked key would poison every query.
+    So: keys masked for *every* query are zeroed with ``where`` (which also keeps their
+    NaN out of the gradients), the finite values go through one matmul, and only the
+    few keys that still hold a non-finite value (masked for some queries, kept by
+    others) are added pair by pair, through ``where`` on the mask. That materialises
+    (..., L_q, n, d_v) for those n keys, nothing when every value is finite.
+    """
+    mask = torch.broadcast_to(mask, alpha.shape)
+    v = torch.where(_seen(mask), v, 0.0)
+    finite = torch.isfinite(v)
+    z = alpha @ torch.where(finite, v, 0.0)
+    bad = (~finite).any(dim=-1).reshape(-1, v.shape[-2]).any(dim=0)  # (L_k,)
+    if v.device.type == "meta" or not bad.any():
+        return z
+    keys = bad.nonzero().squeeze(-1)
+    v_bad = v.index_select(-2, keys)
+    v_bad = torch.where(torch.isfinite(v_bad), 0.0, v_bad)
+    a_bad = alpha.index_select(-1, keys)[..., None]  # (..., L_q, n, 1)
+    keep = mask.index_select(-1, keys)[..., None]
+    terms = torch.where(keep, a_bad * v_bad[..., None, :, :], 0.0)
+    return z + terms.sum(dim=-2)
 
 
 def scaled_dot_product_attention(
@@ -101,11 +135,21 @@ def scaled_dot_product_attention(
     dimensions broadcast. ``mask`` is bool, broadcastable to (..., L_q, L_k), True where a
     query may attend to a key. Returns ``z`` of shape (..., L_q, d_v), and the weights
     ``alpha`` (..., L_q, L_k) too when ``return_weights`` is set.
+
+    A masked (query, key) pair never influences the output, even when the key's
+    ``k`` or ``v`` holds NaN or ±inf; a NaN at a pair the mask keeps gives NaN. For
+    gradients the same holds for keys masked for every query (a padding mask); for a
+    key masked for some queries only, a non-finite ``k`` can still reach the gradient
+    of ``q`` (0 · NaN in the backward matmul).
     """
     _check_qkv(q, k, v, mask)
+    # Zero the keys no query may see, so that a NaN there reaches nothing.
+    if mask is not None:
+        k = torch.where(_seen(mask), k, 0.0)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     alpha = softmax(scores, dim=-1, mask=mask)
-    z = alpha @ v
+    # Masked pairs weigh 0, but 0 · NaN = NaN: see _masked_weighted_sum.
+    z = alpha @ v if mask is None else _masked_weighted_sum(alpha, v, mask)
     return (z, alpha) if return_weights else z
 
 
@@ -131,7 +175,7 @@ def attention_steps(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor) -> Attenti
     same ``alpha``.
     """
     for name, t in (("x", x), ("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
-        _require_tensor(name, t)
+        require_tensor(name, t)
         if t.dim() != 2:
             raise ValueError(f"{name} must be a matrix (rank 2), got shape {tuple(t.shape)}")
     for name, w in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
@@ -148,16 +192,22 @@ def attention_steps(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor) -> Attenti
 
 def causal_mask(length: int, *, device=None) -> Tensor:
     """(length, length) bool mask, True on and below the diagonal: query i sees keys j <= i."""
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+    length = require_int("length", length, minimum=1)
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
 def padding_mask(lengths: Tensor, max_length: int) -> Tensor:
-    """(B, max_length) bool mask, True for the first ``lengths[b]`` positions of sequence b."""
-    lengths = _require_tensor("lengths", lengths)
+    """(B, max_length) bool mask, True for the first ``lengths[b]`` positions of sequence b.
+
+    ``lengths`` is a 1-D integer tensor (a float one, NaN included, is refused) with
+    every entry in [0, max_length]; ``max_length`` is a non-negative int.
+    """
+    require_tensor("lengths", lengths)
+    max_length = require_int("max_length", max_length, minimum=0)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D (one length per sequence), got shape {tuple(lengths.shape)}")
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
     if (lengths < 0).any() or (lengths > max_length).any():
         raise ValueError(f"lengths must lie in [0, max_length={max_length}], got {lengths.tolist()}")
     return torch.arange(max_length, device=lengths.device) < lengths[:, None]
@@ -184,10 +234,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, bias: bool = True):
         super().__init__()
-        if not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        if not isinstance(n_heads, int) or n_heads < 1:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        require_int("d_model", d_model, minimum=1)
+        require_int("n_heads", n_heads, minimum=1)
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
@@ -208,8 +256,7 @@ class MultiHeadAttention(nn.Module):
         return x.transpose(1, 2).reshape(b, length, h * d)
 
     def _mask_for_scores(self, mask: Tensor, b: int, lq: int, lk: int) -> Tensor:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+        require_bool_mask("mask", mask)
         if mask.shape == (lk,):
             return mask.view(1, 1, 1, lk)
         if mask.shape == (b, lk):
@@ -228,7 +275,7 @@ class MultiHeadAttention(nn.Module):
         key = query if key is None else key
         value = key if value is None else value
         for name, t in (("query", query), ("key", key), ("value", value)):
-            _require_tensor(name, t)
+            require_tensor(name, t)
             if t.dim() != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(f"{name} must have shape (B, L, d_model={self.d_model}), got {tuple(t.shape)}")
         b, lq, _ = query.shape
@@ -238,7 +285,7 @@ class MultiHeadAttention(nn.Module):
         if value.shape[1] != key.shape[1]:
             raise ValueError(f"value must have the same length as key: {value.shape[1]} != {key.shape[1]}")
         lk = key.shape[1]
-        m = None if mask is None else self._mask_for_scores(_require_tensor("mask", mask), b, lq, lk)
+        m = None if mask is None else self._mask_for_scores(mask, b, lq, lk)
         q = self.split_heads(self.w_q(query))
         k = self.split_heads(self.w_k(key))
         v = self.split_heads(self.w_v(value))
@@ -247,7 +294,14 @@ class MultiHeadAttention(nn.Module):
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:
-        """Copy the weights of a ``torch.nn.MultiheadAttention`` (same d_model and heads) into this module."""
+        """Copy the weights of a ``torch.nn.MultiheadAttention`` into this module.
+
+        Only what can be copied exactly: the same d_model and heads, one packed
+        ``in_proj_weight`` (kdim = vdim = embed_dim), biases on both or on neither, and
+        no ``add_bias_kv`` or ``add_zero_attn`` (extra keys this module does not have).
+        Anything else raises a ValueError naming it, rather than giving a module whose
+        outputs differ from PyTorch's. (Dropout is not a weight: compare in eval mode.)
+        """
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
         if mha.embed_dim != self.d_model or mha.num_heads != self.n_heads:
@@ -256,14 +310,23 @@ class MultiHeadAttention(nn.Module):
                 f"this module has d_model={self.d_model}, n_heads={self.n_heads}"
             )
         if not mha._qkv_same_embed_dim:
-            raise ValueError("mha must use one packed in_proj_weight (kdim = vdim = embed_dim)")
+            raise ValueError(f"mha has kdim={mha.kdim}, vdim={mha.vdim}: this module needs "
+                             f"kdim = vdim = embed_dim = {mha.embed_dim}")
+        if mha.bias_k is not None or mha.bias_v is not None:
+            raise ValueError("mha was built with add_bias_kv=True: its extra key and value "
+                             "have no counterpart here")
+        if mha.add_zero_attn:
+            raise ValueError("mha was built with add_zero_attn=True: its extra zero key "
+                             "has no counterpart here")
+        has_bias = self.w_q.bias is not None
+        if (mha.in_proj_bias is not None) != has_bias or (mha.out_proj.bias is not None) != has_bias:
+            raise ValueError(f"mha {'has no' if has_bias else 'has'} biases but this module was "
+                             f"built with bias={has_bias}: build it with bias={not has_bias}")
         w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
         for lin, w in ((self.w_q, w_q), (self.w_k, w_k), (self.w_v, w_v)):
             lin.weight.copy_(w)
         self.w_o.weight.copy_(mha.out_proj.weight)
-        if self.w_q.bias is not None:
-            if mha.in_proj_bias is None:
-                raise ValueError("this module has biases but mha has none: build it with bias=False")
+        if has_bias:
             b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
             for lin, bias in ((self.w_q, b_q), (self.w_k, b_k), (self.w_v, b_v)):
                 lin.bias.copy_(bias)

@@ -23,60 +23,69 @@ import math
 import torch
 from torch import Tensor
 
+from .validation import (
+    require_dtype_arg,
+    require_float_dtype,
+    require_int,
+    require_number,
+    require_same_device,
+    require_tensor,
+    require_trailing,
+)
+
 __all__ = [
     "apply_frame",
     "apply_rotation",
     "invert_frame",
     "compose_frames",
     "frames_from_backbone",
+    "degenerate_residues",
     "random_rotation",
     "random_rigid",
     "rotation_angle",
     "is_rotation",
 ]
 
-
-def _check_rotations(name: str, r) -> Tensor:
-    if not isinstance(r, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(r).__name__}")
-    if r.dim() < 2 or r.shape[-2:] != (3, 3):
-        raise ValueError(f"{name} must have shape (..., 3, 3), got {tuple(r.shape)}")
-    return r
+_ROTATION_ARGS = ("rotations", "r1", "r2")  # every other argument checked here is a vector
 
 
-def _check_vectors(name: str, x) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape (..., 3), got {tuple(x.shape)}")
-    return x
+def _check_args(**tensors: Tensor) -> None:
+    """The inputs of a frame function, named as the function names them.
 
-
-def _check_broadcast(names: tuple[str, str], a: tuple, b: tuple) -> None:
-    try:
-        torch.broadcast_shapes(a, b)
-    except RuntimeError:
-        raise ValueError(
-            f"{names[1]}'s leading dimensions {b} do not broadcast with {names[0]}'s {a}"
-        ) from None
+    Rotations (``rotations``, ``r1``, ``r2``) are (..., 3, 3), the rest (..., 3); all are
+    floating-point tensors of one dtype on one device, and their leading dimensions
+    broadcast together. TypeError for a non-tensor, ValueError otherwise, naming it.
+    """
+    first = next(iter(tensors))
+    lead = ()
+    for name, t in tensors.items():
+        require_tensor(name, t)
+        rotation = name in _ROTATION_ARGS
+        require_trailing(name, t, (3, 3) if rotation else (3,), "(..., 3, 3)" if rotation else "(..., 3)")
+        require_float_dtype(name, t)
+        if t.dtype != tensors[first].dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but {first} has {tensors[first].dtype}: "
+                             "pass one dtype")
+        t_lead = t.shape[:-2] if rotation else t.shape[:-1]
+        try:
+            lead = torch.broadcast_shapes(lead, t_lead)
+        except RuntimeError:
+            before = ", ".join(list(tensors)[:list(tensors).index(name)])
+            raise ValueError(f"{name}'s leading dimensions {tuple(t_lead)} do not broadcast "
+                             f"with {tuple(lead)}, those of {before}") from None
+    require_same_device(tensors, first)
 
 
 def apply_rotation(rotations: Tensor, vectors: Tensor) -> Tensor:
     r"""Rotate vectors: $v \mapsto R\,v$ (directions ignore the translation)."""
-    _check_rotations("rotations", rotations)
-    _check_vectors("vectors", vectors)
-    _check_broadcast(("rotations", "vectors"), tuple(rotations.shape[:-2]), tuple(vectors.shape[:-1]))
+    _check_args(rotations=rotations, vectors=vectors)
     # matmul broadcasts the leading dims; the trailing 1 makes v a column vector.
     return (rotations @ vectors.unsqueeze(-1)).squeeze(-1)
 
 
 def apply_frame(rotations: Tensor, translations: Tensor, points: Tensor) -> Tensor:
     r"""Map points from a frame's local coordinates to global ones: $p \mapsto R\,p + t$."""
-    _check_rotations("rotations", rotations)
-    _check_vectors("translations", translations)
-    _check_vectors("points", points)
-    _check_broadcast(("rotations", "translations"), tuple(rotations.shape[:-2]), tuple(translations.shape[:-1]))
-    _check_broadcast(("rotations", "points"), tuple(rotations.shape[:-2]), tuple(points.shape[:-1]))
+    _check_args(rotations=rotations, translations=translations, points=points)
     return apply_rotation(rotations, points) + translations
 
 
@@ -86,9 +95,7 @@ def invert_frame(rotations: Tensor, translations: Tensor) -> tuple[Tensor, Tenso
     From $x = R\,p + t$ we get $p = R^\top (x - t) = R^\top x - R^\top t$, because
     $R^{-1} = R^\top$ for a rotation. So the inverse is $(R^\top,\ -R^\top t)$.
     """
-    _check_rotations("rotations", rotations)
-    _check_vectors("translations", translations)
-    _check_broadcast(("rotations", "translations"), tuple(rotations.shape[:-2]), tuple(translations.shape[:-1]))
+    _check_args(rotations=rotations, translations=translations)
     r_inv = rotations.transpose(-1, -2)
     return r_inv, -apply_rotation(r_inv, translations)
 
@@ -99,13 +106,7 @@ def compose_frames(r1: Tensor, t1: Tensor, r2: Tensor, t2: Tensor) -> tuple[Tens
     $T_1(T_2(p)) = R_1 (R_2 p + t_2) + t_1 = (R_1 R_2)\,p + (R_1 t_2 + t_1)$,
     so the composite is $(R_1 R_2,\ R_1 t_2 + t_1)$.
     """
-    _check_rotations("r1", r1)
-    _check_vectors("t1", t1)
-    _check_rotations("r2", r2)
-    _check_vectors("t2", t2)
-    _check_broadcast(("r1", "t1"), tuple(r1.shape[:-2]), tuple(t1.shape[:-1]))
-    _check_broadcast(("r2", "t2"), tuple(r2.shape[:-2]), tuple(t2.shape[:-1]))
-    _check_broadcast(("r1", "r2"), tuple(r1.shape[:-2]), tuple(r2.shape[:-2]))
+    _check_args(r1=r1, t1=t1, r2=r2, t2=t2)
     return r1 @ r2, apply_rotation(r1, t2) + t1
 
 
@@ -113,13 +114,48 @@ def _normalize(v: Tensor) -> Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
 
-def _residue_label(index: tuple[int, ...]) -> str:
+def _gram_schmidt(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
+    """The rotation [e_x e_y e_z] of non-degenerate residues (see frames_from_backbone)."""
+    e_x = _normalize(ca - c)
+    v = n - ca
+    u = v - (v * e_x).sum(-1, keepdim=True) * e_x
+    u = u - (u * e_x).sum(-1, keepdim=True) * e_x  # second pass removes round-off
+    e_y = _normalize(u)
+    return torch.stack([e_x, e_y, torch.linalg.cross(e_x, e_y, dim=-1)], dim=-1)
+
+
+def _degenerate(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
+    """True where finite atoms coincide or are collinear, or where an atom is not finite."""
+    x_vec, v = ca - c, n - ca
+    sin = torch.linalg.vector_norm(torch.linalg.cross(x_vec, v, dim=-1), dim=-1) / (
+        torch.linalg.vector_norm(x_vec, dim=-1) * torch.linalg.vector_norm(v, dim=-1))
+    tol = math.sqrt(torch.finfo(x_vec.dtype).eps)
+    # A comparison with NaN is False, so `~(sin > tol)` also catches 0/0 and non-finite atoms.
+    return ~(sin > tol)
+
+
+def _missing(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
+    """True where a residue has a non-finite coordinate (ESM's test for "no coordinates")."""
+    return ~torch.isfinite(torch.stack([n, ca, c], dim=-2)).all(dim=-1).all(dim=-1)
+
+
+def degenerate_residues(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
+    """Bool, one per residue: True where N, CA, C give no frame (non-finite, coincident or
+    collinear atoms), i.e. where :func:`frames_from_backbone` raises."""
+    _check_args(n=n, ca=ca, c=c)
+    shape = torch.broadcast_shapes(n.shape, ca.shape, c.shape)
+    return _degenerate(*(x.expand(shape) for x in (n, ca, c))) | _missing(*(x.expand(shape) for x in (n, ca, c)))
+
+
+def _index_label(bad: Tensor) -> str:
+    index = tuple(int(i) for i in bad.nonzero()[0].tolist())
     if not index:
         return "the residue"
-    return f"residue {index[0]}" if len(index) == 1 else f"residue at index {index}"
+    return f"index {index[0]}" if len(index) == 1 else f"index {index}"
 
 
-def frames_from_backbone(n: Tensor, ca: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+def frames_from_backbone(n: Tensor, ca: Tensor, c: Tensor, *,
+                         missing: str = "raise") -> tuple[Tensor, Tensor]:
     r"""Backbone frames by Gram–Schmidt, in ESM3's convention.
 
     For each residue, with atoms $N$, $C_\alpha$, $C$ of shape ``(..., 3)``:
@@ -136,58 +172,70 @@ def frames_from_backbone(n: Tensor, ca: Tensor, c: Tensor) -> tuple[Tensor, Tens
     subtract the x component from $u$ twice ("twice is enough" Gram–Schmidt), so the
     axes stay orthogonal to working precision even for nearly straight N–CA–C.
 
-    **Degenerate residues raise.** If a residue's atoms are not finite, coincide, or
-    are collinear (the sine of the angle between $C_\alpha - C$ and $N - C_\alpha$
-    below $\sqrt{\varepsilon}$ of the dtype, about 3e-4 in float32), no frame exists,
-    and we raise a ``ValueError`` naming that residue's index rather than returning
-    NaN or a silent arbitrary frame. (ESM instead replaces such residues with a fallback
-    frame and masks them out of attention; to do that here, drop or mask those
-    residues before calling.)
+    **Degenerate residues raise.** If a residue's atoms coincide or are collinear (the
+    sine of the angle between $C_\alpha - C$ and $N - C_\alpha$ below
+    $\sqrt{\varepsilon}$ of the dtype, about 3e-4 in float32), no frame exists, and we
+    raise a ``ValueError`` naming the residue's index rather than returning NaN or a
+    silent arbitrary frame (:func:`degenerate_residues` says which in advance).
+
+    **Residues without coordinates**, i.e. with a non-finite (NaN, ±inf) atom:
+
+    - ``missing="raise"`` (the default): a ``ValueError``, as for a degenerate residue;
+    - ``missing="average"``: ESM's "black hole" frame instead. Its rotation is the frame
+      of the average N, CA and C over the residues of the same chain that have
+      coordinates (the last dimension before the 3 is the residue axis), its translation
+      the average CA; with no such residue, the identity at the origin. Mask these
+      residues (``~degenerate_residues(...)`` is the mask) so that no one attends to them.
+
+    How ESM differs (``build_affine3d_from_coordinates`` in
+    ``esm/utils/structure/affine3d.py``): it builds frames in float32 only, adding
+    eps = 1e-10 under each square root of its Gram–Schmidt; it counts a residue as
+    missing only when a coordinate is non-finite (or ≥ 1e6); and collinear or
+    coincident *finite* atoms get a degenerate frame there (a zero axis, not a
+    rotation), where we raise. We compute in the dtype of the inputs.
     """
-    for name, x in (("n", n), ("ca", ca), ("c", c)):
-        _check_vectors(name, x)
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    try:
-        shape = torch.broadcast_shapes(n.shape, ca.shape, c.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"n, ca and c must broadcast to one shape, got {tuple(n.shape)}, {tuple(ca.shape)}, {tuple(c.shape)}"
-        ) from None
+    _check_args(n=n, ca=ca, c=c)
+    if missing not in ("raise", "average"):
+        raise ValueError(f"missing must be 'raise' or 'average', got {missing!r}")
+    shape = torch.broadcast_shapes(n.shape, ca.shape, c.shape)
     n, ca, c = (x.expand(shape) for x in (n, ca, c))
-
-    x_vec = ca - c
-    v = n - ca
-    x_len = torch.linalg.vector_norm(x_vec, dim=-1)
-    v_len = torch.linalg.vector_norm(v, dim=-1)
-    sin = torch.linalg.vector_norm(torch.linalg.cross(x_vec, v, dim=-1), dim=-1) / (x_len * v_len)
-    # A comparison with NaN is False, so `~(sin > tol)` also catches 0/0 and non-finite atoms.
-    finite = torch.isfinite(torch.stack([n, ca, c], dim=-2)).all(dim=-1).all(dim=-1)
-    tol = math.sqrt(torch.finfo(x_vec.dtype).eps)
-    bad = ~(finite & (sin > tol))
+    absent = _missing(n, ca, c) if missing == "average" else torch.zeros(shape[:-1], dtype=torch.bool,
+                                                                        device=n.device)
+    bad = _degenerate(n, ca, c) & ~absent
     if bad.any():
-        index = tuple(int(i) for i in bad.nonzero()[0].tolist())
-        raise ValueError(
-            f"frames_from_backbone: {_residue_label(index)} has non-finite, coincident or "
-            "collinear N, CA, C atoms, so it has no frame"
-        )
+        raise ValueError(f"n/ca/c at {_index_label(bad)}: no frame "
+                         "(non-finite, coincident or collinear)")
+    if not absent.any():
+        return _gram_schmidt(n, ca, c), ca.clone()
+    return _with_black_holes(n, ca, c, absent)
 
-    e_x = _normalize(x_vec)
-    u = v - (v * e_x).sum(-1, keepdim=True) * e_x
-    u = u - (u * e_x).sum(-1, keepdim=True) * e_x  # second pass removes round-off
-    e_y = _normalize(u)
-    e_z = torch.linalg.cross(e_x, e_y, dim=-1)
-    return torch.stack([e_x, e_y, e_z], dim=-1), ca.clone()
+
+def _with_black_holes(n: Tensor, ca: Tensor, c: Tensor, absent: Tensor) -> tuple[Tensor, Tensor]:
+    if n.dim() < 2:
+        raise ValueError("n, ca, c must have a residue axis, (..., L, 3), with missing='average'")
+    # Stand-in atoms whose frame is the identity at the origin: every where() below then
+    # selects between finite numbers, so no NaN reaches a value or a gradient.
+    one = torch.eye(3, dtype=n.dtype, device=n.device)
+    stand_in = {"n": one[1], "ca": torch.zeros_like(one[0]), "c": -one[0]}
+    keep = ~absent[..., None]
+    atoms = {name: torch.where(keep, x, stand_in[name]) for name, x in zip(("n", "ca", "c"), (n, ca, c))}
+    count = keep.sum(dim=-2, keepdim=True)
+    mean = {name: torch.where(keep, x, 0).sum(dim=-2, keepdim=True) / count.clamp_min(1)
+            for name, x in atoms.items()}  # (..., 1, 3)
+    # No residue with coordinates, or a degenerate average: the identity at the origin.
+    fallback = (count == 0) | _degenerate(mean["n"], mean["ca"], mean["c"])[..., None]
+    mean = {name: torch.where(fallback, stand_in[name], x) for name, x in mean.items()}
+    r = torch.where(keep[..., None], _gram_schmidt(atoms["n"], atoms["ca"], atoms["c"]),
+                    _gram_schmidt(mean["n"], mean["ca"], mean["c"]))
+    t = torch.where(keep, atoms["ca"], torch.where(count == 0, 0, mean["ca"]))
+    return r, t
 
 
 def _batch_shape(batch_shape: tuple) -> tuple[int, ...]:
     # Accept random_rotation(2, 3) as well as random_rotation((2, 3)).
     if len(batch_shape) == 1 and isinstance(batch_shape[0], (tuple, list, torch.Size)):
         batch_shape = tuple(batch_shape[0])
-    for d in batch_shape:
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise ValueError(f"batch_shape must be non-negative ints, got {batch_shape!r}")
-    return tuple(batch_shape)
+    return tuple(require_int("batch_shape", d, minimum=0) for d in batch_shape)
 
 
 def random_rotation(
@@ -209,9 +257,10 @@ def random_rotation(
 
     The draw happens in float64 on the CPU and is then cast, so one seed gives the same
     rotations in every dtype and on every device, each orthonormal with det +1 to the
-    precision of ``dtype``.
+    precision of ``dtype`` (float32, float64, float16 or bfloat16).
     """
     shape = _batch_shape(batch_shape)
+    require_dtype_arg("dtype", dtype)
     q = torch.randn(*shape, 4, generator=generator, dtype=torch.float64)
     # The norm is 0 with probability 0; the clamp only guards against that event.
     q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-300)
@@ -236,8 +285,7 @@ def random_rigid(
 ) -> tuple[Tensor, Tensor]:
     """A random rigid motion: a uniform rotation and a Gaussian translation of standard
     deviation ``translation_scale`` (same units as the coordinates, e.g. Å)."""
-    if not translation_scale >= 0:
-        raise ValueError(f"translation_scale must be >= 0, got {translation_scale}")
+    require_number("translation_scale", translation_scale, minimum=0.0)
     shape = _batch_shape(batch_shape)
     r = random_rotation(*shape, generator=generator, dtype=dtype, device=device)
     t = torch.randn(*shape, 3, generator=generator, dtype=torch.float64) * translation_scale
@@ -246,7 +294,7 @@ def random_rigid(
 
 def rotation_angle(rotations: Tensor) -> Tensor:
     r"""The angle (radians, in $[0, \pi]$) of each rotation, from $\operatorname{tr} R = 1 + 2\cos\theta$."""
-    _check_rotations("rotations", rotations)
+    _check_args(rotations=rotations)
     trace = rotations.diagonal(dim1=-2, dim2=-1).sum(-1)
     # Round-off can push (tr - 1)/2 just outside [-1, 1], where acos is NaN.
     return torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0))
@@ -254,7 +302,8 @@ def rotation_angle(rotations: Tensor) -> Tensor:
 
 def is_rotation(rotations: Tensor, atol: float = 1e-5) -> Tensor:
     r"""Per matrix, whether $R^\top R = I$ and $\det R = +1$ within ``atol`` (a bool tensor)."""
-    _check_rotations("rotations", rotations)
+    _check_args(rotations=rotations)
+    atol = require_number("atol", atol, minimum=0.0)
     eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
     ortho = ((rotations.transpose(-1, -2) @ rotations) - eye).abs().amax(dim=(-2, -1)) <= atol
     det = (torch.linalg.det(rotations) - 1).abs() <= atol

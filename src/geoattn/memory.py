@@ -6,8 +6,9 @@ run to run. For the book we want a number that is the same on every machine, so 
 count what the algorithm itself allocates: every tensor produced by a PyTorch operator,
 from its creation until it is freed (a tensor saved for the backward pass stays counted
 until autograd lets it go). Views share their base's storage and are counted once. Scratch
-space inside a single kernel is not visible at this level, and tensors that existed before
-the measurement started (the inputs) are not counted.
+space inside a single kernel is not visible at this level, and storages that existed before
+the measurement started (the inputs, and any view of them such as ``x.t()``) are never
+counted: only storages born inside the measurement are.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def _track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
-        key, nbytes = storage.data_ptr(), storage.nbytes()
+        key, nbytes = _storage_key(t), storage.nbytes()
         if nbytes == 0:
             return
         if key not in self._users:
@@ -59,15 +60,22 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # An output that shares a storage with one of the operator's arguments is a view
+        # or an in-place result: no new memory. It adds a user to a storage born in the
+        # mode, and nothing at all to a storage that existed before (an input, x.t()).
+        arg_storages = {_storage_key(a) for a in tree_leaves((args, kwargs or {}))
+                        if isinstance(a, torch.Tensor)}
         for t in tree_leaves(out):
-            # An in-place op returns its input; only storages born inside the mode count.
-            if isinstance(t, torch.Tensor) and not _is_input(t, args, kwargs):
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = _storage_key(t)
+            if key not in arg_storages or key in self._users:
                 self._track(t)
         return out
 
 
-def _is_input(t: torch.Tensor, args, kwargs) -> bool:
-    return any(t is a for a in tree_leaves((args, kwargs or {})))
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 class MemoryMeasurement(NamedTuple):
