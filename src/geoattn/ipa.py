@@ -330,6 +330,8 @@ class InvariantPointAttention(nn.Module):
 
 def _direct_weights(logits: Tensor, mask: Tensor | None) -> Tensor:
     """softmax_j over the present keys; rows of absent queries are zero."""
+    if logits.shape[-1] == 0:  # no residue at all: nothing to normalise (amax needs one entry)
+        return logits
     if mask is None:
         return softmax(logits, dim=-1)
     a = softmax(logits, dim=-1, mask=mask[:, None, None, :])
