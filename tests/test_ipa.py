@@ -35,21 +35,21 @@ def _inputs(b, length, d_model, *, d_pair=None, seed=0, dtype=torch.float64, spr
 
 def _loop_reference(layer, x, rot, trans, mask=None, pair=None):
     """Algorithm 22 one residue, head and point at a time, from the layer's weights only."""
-    H, c, Pq, Pv, dp = layer.n_heads, layer.d_head, layer.n_query_points, layer.n_value_points, layer.d_pair or 0
-    Wqkv, Wpqk, Wpv = layer.scalar_qkv.weight, layer.point_qk.weight, layer.point_v.weight
+    H, c, n_pq, n_pv, dp = layer.n_heads, layer.d_head, layer.n_query_points, layer.n_value_points, layer.d_pair or 0
+    w_qkv, w_pqk, w_pv = layer.scalar_qkv.weight, layer.point_qk.weight, layer.point_v.weight
     gamma = torch.nn.functional.softplus(layer.gamma_raw)
-    w_c, w_l = math.sqrt(2.0 / (9.0 * Pq)), math.sqrt(1.0 / 3.0)
+    w_c, w_l = math.sqrt(2.0 / (9.0 * n_pq)), math.sqrt(1.0 / 3.0)
     B, L, _ = x.shape
     out = x.clone()
     for b in range(B):
         present = [True] * L if mask is None else [bool(m) for m in mask[b]]
 
         def scal(i, n, h, _b=b):
-            return torch.stack([Wqkv[n * H * c + h * c + e] @ x[_b, i] for e in range(c)])
+            return torch.stack([w_qkv[n * H * c + h * c + e] @ x[_b, i] for e in range(c)])
 
-        def glob(W, n, n_sets, npts, i, h, p, _b=b):
+        def glob(w, n, n_sets, npts, i, h, p, _b=b):
             base = ((n * H + h) * npts + p) * 3
-            local = torch.stack([W[base + a] @ x[_b, i] for a in range(3)])
+            local = torch.stack([w[base + a] @ x[_b, i] for a in range(3)])
             return rot[_b, i] @ local + trans[_b, i]
 
         for i in range(L):
@@ -62,15 +62,15 @@ def _loop_reference(layer, x, rot, trans, mask=None, pair=None):
                 keys = [j for j in range(L) if present[j]]
                 for j in keys:
                     s = scal(i, 0, h) @ scal(j, 1, h) / math.sqrt(c)
-                    d2 = sum(((glob(Wpqk, 0, 2, Pq, i, h, p) - glob(Wpqk, 1, 2, Pq, j, h, p)) ** 2).sum()
-                             for p in range(Pq))
+                    d2 = sum(((glob(w_pqk, 0, 2, n_pq, i, h, p) - glob(w_pqk, 1, 2, n_pq, j, h, p)) ** 2).sum()
+                             for p in range(n_pq))
                     bias = 0.0 if pair is None else layer.pair_bias.weight[h] @ pair[b, i, j]
                     logits.append(w_l * (s + bias - gamma[h] * w_c / 2 * d2))
                 a = torch.softmax(torch.stack(logits), 0)
                 o_s = sum(a[n] * scal(j, 2, h) for n, j in enumerate(keys))
                 pts = []
-                for p in range(Pv):
-                    g = sum(a[n] * glob(Wpv, 0, 1, Pv, j, h, p) for n, j in enumerate(keys))
+                for p in range(n_pv):
+                    g = sum(a[n] * glob(w_pv, 0, 1, n_pv, j, h, p) for n, j in enumerate(keys))
                     pts.append(rot[b, i].T @ (g - trans[b, i]))
                 feats += [o_s, torch.cat(pts), torch.stack([v.norm() for v in pts])]
                 if pair is not None:
@@ -139,11 +139,11 @@ def test_reflection_changes_the_output():
     """SE(3), not E(3): a mirror image (with right-handed frames rebuilt) is another input."""
     layer = _layer(n_heads=2)
     x, rot, trans, _ = _inputs(1, 6, 8, seed=3)
-    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
     flip = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
     with torch.no_grad():
         out = layer(x, rot, trans)
-        mirrored = layer(x, M @ rot @ flip, trans @ M.T)
+        mirrored = layer(x, mirror @ rot @ flip, trans @ mirror.T)
     assert (mirrored - out).abs().max() > 1e-3
 
 
