@@ -310,9 +310,9 @@ class InvariantPointAttention(nn.Module):
             o = a @ rearrange(values, "b l h e -> b h l e")
         else:  # the same through SDPA, on the augmented vectors
             q_aug, k_aug = ipa_augmented_qk(p.q, p.k, p.q_pts, p.k_pts, gamma)
-            o = F.scaled_dot_product_attention(q_aug, k_aug, rearrange(values, "b l h e -> b h l e"),
-                                               attn_mask=_sdpa_mask(bias, mask), scale=1.0)
-            a = None
+            q_aug, k_aug, v = _one_width(q_aug, k_aug, rearrange(values, "b l h e -> b h l e"))
+            o = F.scaled_dot_product_attention(q_aug, k_aug, v, attn_mask=_sdpa_mask(bias, mask), scale=1.0)
+            o, a = o[..., :values.shape[-1]], None
         o = rearrange(o, "b h l e -> b l h e")
         o_scalar, o_pts = o[..., :self.d_head], rearrange(o[..., self.d_head:], "b l h (p x) -> b l h p x", x=3)
         # line 9: back to residue i's local frame with the whole inverse frame, T_i⁻¹ y = R_iᵀ (y − t_i)
@@ -336,6 +336,14 @@ def _direct_weights(logits: Tensor, mask: Tensor | None) -> Tensor:
         return softmax(logits, dim=-1)
     a = softmax(logits, dim=-1, mask=mask[:, None, None, :])
     return torch.where(mask[:, None, :, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
+
+
+def _one_width(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero columns that give q, k and v one width: PyTorch's fused (flash) kernels need it,
+    and otherwise fall back to the math path, which materializes the (L, L) map. A zero
+    column changes no dot product; the extra output columns are dropped."""
+    width = max(q.shape[-1], v.shape[-1])
+    return tuple(F.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
 
 
 def _sdpa_mask(bias: Tensor | None, mask: Tensor | None) -> Tensor | None:
