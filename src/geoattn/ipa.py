@@ -91,9 +91,12 @@ def ipa_logits(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: Tensor
     _check_qk(q, k, q_pts, k_pts, gamma, pair_bias)
     c, n_points = q.shape[-1], q_pts.shape[-2]
     w_c = ipa_point_weight(n_points)
-    scalar = torch.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(c)  # q_i · k_j / √c
-    diff = q_pts[:, :, None] - k_pts[:, None, :]  # (B, L, L, H, P, 3): T_i q_ip − T_j k_jp
-    dist2 = rearrange(diff.square().sum(dim=(-1, -2)), "b i j h -> b h i j")  # Σ_p ‖·‖²
+    # q_i · k_j / √c
+    scalar = torch.einsum("bihc,bjhc->bhij", q, k) / math.sqrt(c)
+    # (B, L, L, H, P, 3): T_i q_ip − T_j k_jp
+    diff = q_pts[:, :, None] - k_pts[:, None, :]
+    dist2 = diff.square().sum(dim=(-1, -2))  # Σ_p ‖·‖², (B, L, L, H)
+    dist2 = rearrange(dist2, "b i j h -> b h i j")
     point = gamma[:, None, None] * (w_c / 2) * dist2
     bias = 0.0 if pair_bias is None else pair_bias
     return _W_L * (scalar + bias - point)  # line 6, inside the softmax
@@ -112,13 +115,17 @@ def ipa_augmented_qk(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: 
     """
     _check_qk(q, k, q_pts, k_pts, gamma)
     c, n_points = q.shape[-1], q_pts.shape[-2]
-    g = (_W_L * ipa_point_weight(n_points) / 2) * gamma[:, None, None]  # (H, 1, 1): one factor per head
-    a = rearrange(q_pts, "b l h p x -> b h l (p x)")  # the query points, 3P numbers
-    b = rearrange(k_pts, "b l h p x -> b h l (p x)")  # the key points
-    a2, b2 = a.square().sum(-1, keepdim=True), b.square().sum(-1, keepdim=True)  # ‖a_i‖², ‖b_j‖²
+    # g = w_L γ_h w_C / 2, shape (H, 1, 1): one factor per head
+    g = (_W_L * ipa_point_weight(n_points) / 2) * gamma[:, None, None]
+    a = rearrange(q_pts, "b l h p x -> b h l (p x)")  # query points, 3P numbers
+    b = rearrange(k_pts, "b l h p x -> b h l (p x)")  # key points
+    a2 = a.square().sum(-1, keepdim=True)  # ‖a_i‖²
+    b2 = b.square().sum(-1, keepdim=True)  # ‖b_j‖²
     ones = torch.ones_like(b2)
-    q_aug = torch.cat([_W_L * rearrange(q, "b l h c -> b h l c") / math.sqrt(c), 2 * g * a, -g * a2, -g * ones], -1)
-    k_aug = torch.cat([rearrange(k, "b l h c -> b h l c"), b, ones, b2], -1)
+    q_scalar = _W_L * rearrange(q, "b l h c -> b h l c") / math.sqrt(c)
+    k_scalar = rearrange(k, "b l h c -> b h l c")
+    q_aug = torch.cat([q_scalar, 2 * g * a, -g * a2, -g * ones], dim=-1)
+    k_aug = torch.cat([k_scalar, b, ones, b2], dim=-1)
     return q_aug, k_aug
 
 
@@ -265,15 +272,22 @@ class InvariantPointAttention(nn.Module):
         return x, R, t - centre, pair
 
     def _project(self, x, R, t) -> IPAProjections:
-        h, c, pq, pv = self.n_heads, self.d_head, self.n_query_points, self.n_value_points
+        h, c = self.n_heads, self.d_head
+        pq, pv = self.n_query_points, self.n_value_points
         # line 1: scalar q, k, v = LinearNoBias(s_i)
-        q, k, v = rearrange(self.scalar_qkv(x), "b l (n h c) -> n b l h c", n=3, h=h, c=c)
-        # lines 2-3: query/key points and value points in residue i's local frame
-        q_pts, k_pts = rearrange(self.point_qk(x), "b l (n h p x) -> n b l h p x", n=2, h=h, p=pq, x=3)
-        v_pts = rearrange(self.point_v(x), "b l (h p x) -> b l h p x", h=h, p=pv, x=3)
-        # T_i ∘ point: every point of residue i moves with its frame, translation included
-        R, t = R[:, :, None, None], t[:, :, None, None]  # one frame per residue, all heads and points
-        q_pts, k_pts, v_pts = (apply_frame(R, t, p) for p in (q_pts, k_pts, v_pts))
+        q, k, v = rearrange(self.scalar_qkv(x), "b l (n h c) -> n b l h c",
+                            n=3, h=h, c=c)
+        # lines 2-3: query/key points and value points, residue i's frame
+        q_pts, k_pts = rearrange(self.point_qk(x),
+                                 "b l (n h p x) -> n b l h p x",
+                                 n=2, h=h, p=pq, x=3)
+        v_pts = rearrange(self.point_v(x), "b l (h p x) -> b l h p x",
+                          h=h, p=pv, x=3)
+        # T_i ∘ point: the points of residue i move with its whole frame;
+        # one frame per residue, shared by all heads and points
+        R, t = R[:, :, None, None], t[:, :, None, None]
+        q_pts, k_pts, v_pts = (apply_frame(R, t, p)
+                               for p in (q_pts, k_pts, v_pts))
         return IPAProjections(q, k, v, q_pts, k_pts, v_pts)
 
     def projections(self, x: Tensor, rotations: Tensor, translations: Tensor,
@@ -301,31 +315,46 @@ class InvariantPointAttention(nn.Module):
                 pair: Tensor | None = None) -> Tensor:
         """X + Linear(outputs): Algorithm 22 on ``x`` (B, L, d_model) with frames (B, L, 3, 3), (B, L, 3)."""
         self._check_inputs(x, rotations, translations, mask, pair)
-        x_in, R, t, pair = self._neutral_inputs(x, rotations, translations, mask, pair)
+        x_in, R, t, pair = self._neutral_inputs(x, rotations, translations,
+                                                mask, pair)
         p = self._project(x_in, R, t)  # lines 1-3
-        gamma, bias = self.head_weights().to(x.dtype), self._bias(pair)  # line 4: pair bias
-        values = torch.cat([p.v, rearrange(p.v_pts, "b l h p x -> b l h (p x)")], dim=-1)  # (B, L, H, c + 3P)
-        if self.impl == "direct":  # lines 5-6 and 8-9: a = softmax(logits), then a · values
-            a = _direct_weights(ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias), mask)
-            o = a @ rearrange(values, "b l h e -> b h l e")
+        gamma = self.head_weights().to(x.dtype)
+        bias = self._bias(pair)  # line 4: the pair bias
+        v_pts = rearrange(p.v_pts, "b l h p x -> b l h (p x)")
+        values = torch.cat([p.v, v_pts], dim=-1)  # (B, L, H, c + 3 P_v)
+        values = rearrange(values, "b l h e -> b h l e")
+        a = None
+        if self.impl == "direct":  # lines 5-6, 8-9: softmax, then a · values
+            logits = ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias)
+            a = _direct_weights(logits, mask)
+            o = a @ values
         else:  # the same through SDPA, on the augmented vectors
             q_aug, k_aug = ipa_augmented_qk(p.q, p.k, p.q_pts, p.k_pts, gamma)
-            q_aug, k_aug, v = _one_width(q_aug, k_aug, rearrange(values, "b l h e -> b h l e"))
-            o = F.scaled_dot_product_attention(q_aug, k_aug, v, attn_mask=_sdpa_mask(bias, mask), scale=1.0)
-            o, a = o[..., :values.shape[-1]], None
+            q_aug, k_aug, v = _one_width(q_aug, k_aug, values)
+            o = F.scaled_dot_product_attention(
+                q_aug, k_aug, v, attn_mask=_sdpa_mask(bias, mask), scale=1.0)
+            o = o[..., :values.shape[-1]]
         o = rearrange(o, "b h l e -> b l h e")
-        o_scalar, o_pts = o[..., :self.d_head], rearrange(o[..., self.d_head:], "b l h (p x) -> b l h p x", x=3)
-        # line 9: back to residue i's local frame with the whole inverse frame, T_i⁻¹ y = R_iᵀ (y − t_i)
-        o_pts = apply_rotation(R.transpose(-1, -2)[:, :, None, None], o_pts - t[:, :, None, None])
-        parts = [o_scalar, rearrange(o_pts, "b l h p x -> b l h (p x)"), torch.linalg.vector_norm(o_pts, dim=-1)]
-        if pair is not None:  # line 7: õ_i = Σ_j a_ij z_ij needs the map itself
+        o_scalar = o[..., :self.d_head]
+        o_pts = rearrange(o[..., self.d_head:], "b l h (p x) -> b l h p x",
+                          x=3)
+        # line 9: back to residue i's frame with the whole inverse frame,
+        # T_i⁻¹ y = R_iᵀ (y − t_i)
+        r_inv = R.transpose(-1, -2)[:, :, None, None]
+        o_pts = apply_rotation(r_inv, o_pts - t[:, :, None, None])
+        o_norm = torch.linalg.vector_norm(o_pts, dim=-1)
+        o_pts = rearrange(o_pts, "b l h p x -> b l h (p x)")
+        parts = [o_scalar, o_pts, o_norm]
+        if pair is not None:  # line 7: õ_i = Σ_j a_ij z_ij needs the map
             if a is None:
-                a = _direct_weights(ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias), mask)
+                logits = ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias)
+                a = _direct_weights(logits, mask)
             parts.append(torch.einsum("bhij,bijd->bihd", a, pair))
         out = torch.cat(parts, dim=-1)  # (B, L, H, c + 4 P_v (+ d_pair))
-        if mask is not None:  # a masked residue gets no update from the attention
-            out = torch.where(mask[..., None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
-        return x + self.out_proj(rearrange(out, "b l h e -> b l (h e)"))  # line 10 and the residual
+        if mask is not None:  # a masked residue gets no update
+            out = torch.where(mask[..., None, None], out, out.new_zeros(()))
+        # line 10, and the residual
+        return x + self.out_proj(rearrange(out, "b l h e -> b l (h e)"))
 
 
 def _direct_weights(logits: Tensor, mask: Tensor | None) -> Tensor:
