@@ -363,3 +363,33 @@ def test_functional_errors_name_the_argument():
         ipa_logits(q, q, pts, pts, g, torch.zeros(1, 2, 3, 4))
     with pytest.raises(TypeError, match="n_query_points"):
         ipa_point_weight(2.0)
+
+
+# ------------------------------------------------------------ the measurement chapter 7 reads
+
+def test_bench_json_has_every_row_the_chapter_reads():
+    import json
+    from importlib.resources import files
+
+    bench = json.loads(files("geoattn").joinpath("data/bench_ipa.json").read_text())
+    assert bench["config"]["threads"] == 1 and bench["git_commit"] and bench["versions"]["torch"]
+    assert set(bench["load_average_1min"]) == {"start", "end"}
+    rows = {(r["layer"], r["L"]) for r in bench["rows"]}
+    assert rows == {(n, k) for n in ("ipa_sdpa", "esm_naive", "esm_chunked") for k in bench["config"]["L"]}
+    assert bench["config"]["L"] == [512, 1024, 2048, 4096]
+    assert all(r["median_s"] > 0 and r["peak_tensor_bytes"] > 0 for r in bench["rows"])
+
+
+def test_bench_script_runs_at_a_tiny_size(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ipa.py"
+    spec = importlib.util.spec_from_file_location("bench_ipa", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    bench.main(["--L", "16", "32", "--repeats", "1", "--d-model", "16", "--heads", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["layer"], r["L"]) for r in rows] == [(n, k) for k in (16, 32) for n in bench.LAYERS]
