@@ -22,6 +22,7 @@ _MODULES = (
     "frames",
     "structure",
     "geometric",
+    "ipa",
     "online_softmax",
     "chunked",
     "memory",
