@@ -26,6 +26,8 @@ _MODULES = (
     "chunked",
     "memory",
     "notebook",
+    "dihedrals",
+    "inverse_folding",
 )
 
 
