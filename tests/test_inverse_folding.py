@@ -12,6 +12,7 @@ from geoattn.inverse_folding import (
     burial,
     load_structures,
     make_batch,
+    make_batches,
     masked_cross_entropy,
     predict,
     sequence_recovery,
@@ -160,3 +161,25 @@ def test_model_errors():
         model(torch.zeros(1, 5, 8), torch.eye(3).expand(1, 5, 3, 3), torch.zeros(1, 5, 3))
     model.impl = "naive"
     assert all(layer.impl == "naive" for layer in model.attention)
+
+
+def test_make_batches_groups_by_length(chains):
+    batches = make_batches(chains, max_residues=700)
+    assert sum(int(b.mask.sum()) for b in batches) == sum(len(c) for c in chains)
+    for b in batches:
+        assert b.mask.numel() <= 700 or b.mask.shape[0] == 1
+    lengths = [int(n) for b in batches for n in b.mask.sum(-1)]
+    assert lengths == sorted(lengths)
+    with pytest.raises(ValueError, match="^chains "):
+        make_batches([])
+
+
+def test_attention_maps(small_batch):
+    pair, _ = small_batch
+    torch.manual_seed(0)
+    model = InverseFoldingModel(16, 2, 2, 32, impl="chunked").eval()
+    maps = model.attention_maps(*pair.inputs())
+    assert len(maps) == 2 and maps[0].shape == (2, 2, 76, 76)
+    rows = maps[1].sum(-1)
+    assert torch.allclose(rows[0], torch.ones(2, 76), atol=1e-5)
+    assert (maps[1][1, :, :, 40:] == 0).all()  # padding is never attended

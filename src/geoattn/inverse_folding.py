@@ -33,6 +33,7 @@ __all__ = [
     "ResidueBatch",
     "load_structures",
     "make_batch",
+    "make_batches",
     "InverseFoldingModel",
     "masked_cross_entropy",
     "train_inverse_folding",
@@ -126,6 +127,25 @@ def make_batch(chains: Sequence[Chain], *, dtype: torch.dtype = torch.float32) -
                         mask, labels, ca.to(dtype))
 
 
+def make_batches(chains: Sequence[Chain], max_residues: int = 700, *,
+                 dtype: torch.dtype = torch.float32) -> list[ResidueBatch]:
+    """Chains sorted by length and grouped greedily into padded batches of at most
+    ``max_residues`` positions (B·L) each, so that little compute goes to padding; a
+    chain longer than ``max_residues`` gets a batch of its own."""
+    require_int("max_residues", max_residues, minimum=1)
+    if not chains:
+        raise ValueError("chains must hold at least one Chain")
+    ordered = sorted(chains, key=len)  # stable: ties keep file order
+    groups, current = [], []
+    for c in ordered:
+        if current and len(c) * (len(current) + 1) > max_residues:
+            groups.append(current)
+            current = []
+        current.append(c)
+    groups.append(current)
+    return [make_batch(g, dtype=dtype) for g in groups]
+
+
 class _MLP(nn.Module):
     """x + W₂ GELU(W₁ LayerNorm(x)): the position-wise block after each attention layer."""
 
@@ -189,6 +209,18 @@ class InverseFoldingModel(nn.Module):
         for attention, mlp in zip(self.attention, self.mlp):
             x = mlp(attention(x, rotations, translations, mask))
         return self.head(x)
+
+    @torch.no_grad()
+    def attention_maps(self, features: Tensor, rotations: Tensor, translations: Tensor,
+                       mask: Tensor | None = None) -> list[Tensor]:
+        """Every layer's attention map softmax_j(A), one (B, H, L, L) tensor per layer."""
+        rotations, translations = self.frames(rotations, translations)
+        x = self.embed(features)
+        maps = []
+        for attention, mlp in zip(self.attention, self.mlp):
+            maps.append(attention.attention_weights(x, rotations, translations, mask))
+            x = mlp(attention(x, rotations, translations, mask))
+        return maps
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
