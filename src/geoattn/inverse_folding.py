@@ -254,7 +254,11 @@ def train_inverse_folding(model: nn.Module, train: Sequence[ResidueBatch], evalu
     require_number("weight_decay", weight_decay, minimum=0.0)
     if not train:
         raise ValueError("train must hold at least one ResidueBatch")
-    from tqdm.auto import tqdm
+    import warnings
+
+    with warnings.catch_warnings():  # tqdm.auto warns when ipywidgets is missing, then uses text
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
 
     order = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
