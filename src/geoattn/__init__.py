@@ -27,6 +27,8 @@ _MODULES = (
     "chunked",
     "memory",
     "notebook",
+    "dihedrals",
+    "inverse_folding",
 )
 
 
