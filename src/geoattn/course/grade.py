@@ -47,7 +47,7 @@ PASSED, FAILED, NOT_ATTEMPTED, TIMED_OUT, NOTEBOOK_ERROR = (
 STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, TIMED_OUT, NOTEBOOK_ERROR)
 LOG_ENV = "GEOATTN_CHECK_LOG"  # the same name as in checks/_harness.py (which imports torch)
 
-_CHECK_CALL = re.compile(r"\b(check_[A-Za-z0-9_]+)\s*\(")
+_CHECK_CALL = re.compile(r"\bchecks\.(check_[A-Za-z0-9_]+)\s*\(")
 _LABEL = re.compile(r"<a id=\"(ex-[\w-]+)\"></a>|^:label:\s*(ex-[\w-]+)", re.M)
 # Environment variables a kernel may inherit; everything else (tokens, the teacher's paths)
 # stays out of a student's notebook.
