@@ -26,7 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
-CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]]
+CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]
+            if (ROOT / f"{entry['file']}.ipynb").exists()]  # notebooks: the pages with a Colab button
 PAGES = [TOC["root"], *CHAPTERS]
 REPO = CONFIG["repository"]["url"].rstrip("/").removeprefix("https://github.com/")
 BRANCH = CONFIG["repository"].get("branch", "main")

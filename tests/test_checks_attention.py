@@ -106,3 +106,123 @@ def test_hints_do_not_print_the_expected_values():
     result = checks.check_softmax(lambda x: torch.softmax(x, dim=0))
     expected = torch.softmax(torch.randn(4, 6, generator=torch.Generator().manual_seed(2)), dim=-1)
     assert f"{expected[0, 0].item():.3f}" not in result.message
+
+
+# ------------------------------------------- the harness survives whatever a student writes
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import geoattn  # noqa: E402
+from geoattn.course.checks import _harness  # noqa: E402
+
+
+@pytest.mark.parametrize("check, own", [
+    (checks.check_softmax, geoattn.softmax),
+    (checks.check_softmax, functools.partial(geoattn.softmax, dim=-1)),
+    (checks.check_scaled_dot_product, geoattn.scaled_dot_product_attention),
+    (checks.check_split_heads, geoattn.MultiHeadAttention(4, 2).split_heads),
+    (checks.check_merge_heads, geoattn.MultiHeadAttention.merge_heads),
+    (checks.check_causal_mask, geoattn.causal_mask),
+    (checks.check_invert_frame, geoattn.invert_frame),
+    (checks.check_online_softmax_merge, geoattn.online_softmax_merge),
+], ids=["softmax", "partial", "sdpa", "split-bound", "merge", "causal", "invert", "merge-states"])
+def test_the_librarys_own_function_is_refused(check, own):
+    result = check(own)
+    assert not result and result.status == "failed"
+    assert "the library's own geoattn." in result.message
+
+
+def test_a_function_that_never_returns_took_too_long(monkeypatch):
+    monkeypatch.setattr(_harness, "TIME_LIMIT", 0.5)
+
+    stop = threading.Event()  # ends the abandoned thread below, so it burns no CPU after the test
+
+    def forever(x):
+        while not stop.is_set():
+            time.sleep(0.01)
+
+    start = time.monotonic()
+    result = checks.check_softmax(forever)
+    assert time.monotonic() - start < 5
+    assert not result and result.status == "timed out" and "took too long" in result.message
+    # Off the main thread (no alarm there) the limit holds too.
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("r", checks.check_softmax(forever)))
+    worker.start()
+    worker.join(10)
+    stop.set()
+    assert not worker.is_alive() and box["r"].status == "timed out"
+
+
+def test_a_students_timeout_error_is_their_error_and_nothing_is_called_twice():
+    calls = []
+
+    def raises(x):
+        calls.append(1)
+        raise TimeoutError("my own timeout")
+
+    result = checks.check_softmax(raises)
+    assert result.status == "failed" and "raised TimeoutError: my own timeout" in result.message
+    assert len(calls) == 1
+
+    def wrong_axis(x):
+        calls.append(1)
+        return torch.softmax(x, dim=0)
+
+    calls.clear()
+    result = checks.check_softmax(wrong_axis)
+    assert not result and "wrong dimension" in result.message
+    assert len(calls) == len(checks.attention._softmax_cases()), "each case is called once"
+
+
+def test_in_place_changes_of_the_inputs_are_reported():
+    def shifts_in_place(x):
+        x -= x.amax(dim=-1, keepdim=True)
+        e = torch.exp(x)
+        return e / e.sum(dim=-1, keepdim=True)
+
+    result = checks.check_softmax(shifts_in_place)
+    assert not result and "changed its input argument 1 in place" in result.message
+
+
+@pytest.mark.parametrize("returns, says", [
+    (lambda x: torch.softmax(x, -1).to(torch.complex64), "complex"),
+    (lambda x: torch.softmax(x.double(), -1), "dtype torch.float64"),
+    (lambda x: torch.empty_like(x, device="meta"), "device meta"),
+    (lambda x: "weights", "expected a torch.Tensor, got str"),
+])
+def test_any_return_value_is_a_failure_with_a_reason_never_a_crash(returns, says):
+    result = checks.check_softmax(returns)
+    assert not result and says in result.message
+
+
+def test_an_exception_whose_str_fails_is_reported():
+    class NastyError(Exception):
+        def __str__(self):
+            raise RuntimeError("no str for you")
+
+    def raises(x):
+        raise NastyError
+
+    result = checks.check_softmax(raises)
+    assert not result and "raised NastyError" in result.message and "str() fails" in result.message
+
+
+def test_softmax_accepts_logsumexp_and_blames_overflow_only_for_overflow():
+    assert checks.check_softmax(lambda x: torch.exp(x - torch.logsumexp(x, -1, keepdim=True)))
+    # Finite but inaccurate on logits of 1e4: a failure, without the overflow hint.
+    sloppy = checks.check_softmax(lambda x: torch.softmax(x, -1) + 1e-2 * (x.abs().amax() > 1e3))
+    assert not sloppy and "1e4" in sloppy.message and "overflows" not in sloppy.message
+
+
+def test_verdicts_are_logged_for_the_grader(tmp_path, monkeypatch):
+    log = tmp_path / "checks.jsonl"
+    monkeypatch.setenv(_harness.LOG_ENV, str(log))
+    checks.check_softmax(lambda x: torch.softmax(x, -1))
+    checks.check_causal_mask(_not_implemented)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["check"], r["status"]) for r in records] == [("check_softmax", "passed"),
+                                                             ("check_causal_mask", "not attempted")]

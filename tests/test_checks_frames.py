@@ -32,7 +32,7 @@ def test_checks_are_exported():
     assert geoattn.course.checks.check_frames_from_backbone is check_frames_from_backbone
 
 
-@pytest.mark.parametrize("fn", [geoattn.invert_frame, _written_out_invert])
+@pytest.mark.parametrize("fn", [lambda r, t: geoattn.invert_frame(r, t), _written_out_invert])
 def test_invert_frame_check_passes_correct_answers(fn):
     result = check_invert_frame(fn)
     assert isinstance(result, CheckResult) and result.passed, result.message
@@ -68,7 +68,7 @@ def test_invert_frame_check_reports_shape_and_unimplemented():
     assert "not implemented yet" in check_invert_frame(todo).message
 
 
-@pytest.mark.parametrize("fn", [geoattn.frames_from_backbone, _esm_style_frames])
+@pytest.mark.parametrize("fn", [lambda n, ca, c: geoattn.frames_from_backbone(n, ca, c), _esm_style_frames])
 def test_frames_check_passes_correct_answers(fn):
     result = check_frames_from_backbone(fn)
     assert result.passed, result.message

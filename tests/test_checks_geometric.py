@@ -81,3 +81,15 @@ def test_not_implemented_is_reported_as_such():
     for check in (checks.check_distance_term, checks.check_geometric_scores):
         result = check(_not_implemented)
         assert not result and "not implemented" in result.message
+
+
+def test_distance_term_rejects_the_cancelling_expansion():
+    """|q|² + |k|² − 2q·k is fine near the origin and wrong for nearby points far from it."""
+    def expanded(q, k):
+        sq = (q * q).sum(-1)[:, None] + (k * k).sum(-1)[None, :] - 2 * q @ k.T
+        return sq.clamp_min(0).sqrt() / math.sqrt(3)
+
+    result = checks.check_distance_term(expanded)
+    assert not result.passed
+    assert "nearby points 1e4 Å from the origin" in result.message
+    assert "subtract the points first" in result.message

@@ -12,17 +12,24 @@ def good_step(m, l, acc, s, v):
 
 
 def plain_step(m, l, acc, s, v):
-    """The textbook update without guarding the empty state: also correct on every case."""
+    """The textbook update without guarding the empty state: NaN for a masked key on an empty row."""
     m_new = torch.maximum(m, s)
     c, p = torch.exp(m - m_new), torch.exp(s - m_new)
     return m_new, c * l + p, c[:, None] * acc + p[:, None] * v
 
 
 def test_step_accepts_correct_answers():
-    for fn in (good_step, plain_step):
-        result = check_online_softmax_step(fn)
-        assert result.passed, result.message
-        assert repr(result).startswith("✓")
+    result = check_online_softmax_step(good_step)
+    assert result.passed, result.message
+    assert repr(result).startswith("✓")
+
+
+def test_step_without_the_minus_infinity_guard_fails_and_says_why():
+    """A masked key on the empty state gives exp(-inf - (-inf)) = NaN: the chapter warns of it."""
+    result = check_online_softmax_step(plain_step)
+    assert not result.passed
+    assert "masked key (score -inf) on the empty state" in result.message
+    assert "NaN" in result.message and "shift by 0" in result.message
 
 
 def test_step_rejects_a_forgotten_rescale():
@@ -82,6 +89,13 @@ def test_step_rejects_a_stale_maximum_and_reports_not_implemented():
 
 def good_merge(m_a, l_a, acc_a, m_b, l_b, acc_b):
     m = torch.maximum(m_a, m_b)
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    ca, cb = torch.exp(m_a - shift), torch.exp(m_b - shift)
+    return m, ca * l_a + cb * l_b, ca[:, None] * acc_a + cb[:, None] * acc_b
+
+
+def unguarded_merge(m_a, l_a, acc_a, m_b, l_b, acc_b):
+    m = torch.maximum(m_a, m_b)
     ca, cb = torch.exp(m_a - m), torch.exp(m_b - m)
     return m, ca * l_a + cb * l_b, ca[:, None] * acc_a + cb[:, None] * acc_b
 
@@ -89,6 +103,12 @@ def good_merge(m_a, l_a, acc_a, m_b, l_b, acc_b):
 def test_merge_accepts_a_correct_answer():
     result = check_online_softmax_merge(good_merge)
     assert result.passed, result.message
+
+
+def test_merge_without_the_minus_infinity_guard_fails_on_two_empty_states():
+    result = check_online_softmax_merge(unguarded_merge)
+    assert not result.passed
+    assert "two empty states" in result.message and "shift by 0" in result.message
 
 
 def test_merge_rejects_plain_addition():

@@ -36,10 +36,10 @@ SOLUTION = re.compile(r"^\s*(`{3,}|:{3,})\{solution\}", re.M)
 def _exercise(label: str, body: str, *, check: str = "print('checked')") -> list:
     """The four cells of one coding exercise, in the book's pattern."""
     return [
-        new_markdown_cell(f"```{{exercise}} {label}\n:label: {label}\n\nWrite `f_{label[-1]}(x)`.\n```"),
-        new_markdown_cell(f"```{{solution-start}} {label}\n:class: dropdown\n```"),
+        new_markdown_cell(f":::{{exercise}} {label}\n:label: {label}\n\nWrite `f_{label[-1]}(x)`.\n:::"),
+        new_markdown_cell(f":::{{solution-start}} {label}\n:class: dropdown\n:::"),
         new_code_cell(body + check),
-        new_markdown_cell("```{solution-end}\n```"),
+        new_markdown_cell(":::{solution-end}\n:::"),
     ]
 
 
@@ -93,8 +93,9 @@ def test_solution_cells_are_dropped_and_the_rest_kept_in_order():
     assert not any(SOLUTION_START.search(c.source) or SOLUTION_END.search(c.source) or SOLUTION.search(c.source)
                    for c in out.cells)
     firsts = [c.source.splitlines()[0] for c in out.cells]
-    assert firsts == ["# A chapter", "import math", "```{exercise} ex-t-a", "def f_a(x):",
-                      "```{exercise} ex-t-b", "class F:", "```{exercise} Why?", "## After the exercises"]
+    assert firsts == ["# A chapter", "import math", '**Exercise 1: ex-t-a** <a id="ex-t-a"></a>', "def f_a(x):",
+                      '**Exercise 2: ex-t-b** <a id="ex-t-b"></a>', "class F:",
+                      '**Exercise 3: Why?** <a id="ex-t-c"></a>', "**Your answer:**", "## After the exercises"]
 
 
 def test_outputs_cleared_metadata_kept_input_unchanged():
@@ -166,7 +167,7 @@ def test_cli_writes_copies_and_refuses_bad_input(tmp_path, capsys):
     assert copy.cells[0].source == "# A chapter"
     # Deterministic: a second run writes the same bytes.
     first = (out / "01_a.ipynb").read_bytes()
-    write_student_notebooks(src, out)
+    write_student_notebooks(src, out, force=True)
     assert (out / "01_a.ipynb").read_bytes() == first
 
     bad = _chapter()
@@ -393,3 +394,297 @@ def test_colab_links_to_every_student_copy(generated, doc):
     assert linked == set(CHAPTERS), f"{doc} links {sorted(linked)} on Colab; the chapters are {CHAPTERS}"
     for name in linked:
         assert (generated / name).is_file(), f"{doc} links assignments/{name}, which the generator does not make"
+
+
+# ------------------------------------------------ every form of a solution is caught (#10)
+
+SECRET = "SECRET-ANSWER-42"
+
+
+def _with_block(*inner, start=":::{solution-start} ex-f\n:class: dropdown\n:::", end=":::{solution-end}\n:::"):
+    return new_notebook(cells=[new_markdown_cell(":::{exercise} F\n:label: ex-f\n\nDo it.\n:::"),
+                               new_markdown_cell(start), *inner, new_markdown_cell(end),
+                               new_markdown_cell("## After")])
+
+
+def _raw(source):
+    return nbformat.v4.new_raw_cell(source)
+
+
+def _nb_metadata(nb):
+    nb.metadata["solutions"] = {"ex-f": SECRET}
+    return nb
+
+
+def _cell_metadata(nb):
+    nb.cells[0].metadata["nbgrader"] = {"solution": True, "source": SECRET}
+    return nb
+
+
+SOLUTION_FORMS = {
+    "directive-any-case": lambda: new_notebook(cells=[new_markdown_cell(f":::{{Solution}} ex-f\n{SECRET}\n:::")]),
+    "directive-upper-backticks": lambda: new_notebook(cells=[
+        new_markdown_cell(f"```{{SOLUTION}} ex-f\n{SECRET}\n```")]),
+    "start-end-any-case": lambda: _with_block(new_markdown_cell(SECRET), start="```{Solution-Start} ex-f\n```",
+                                              end="```{SOLUTION-END}\n```"),
+    "raw-cell-in-block": lambda: _with_block(_raw(SECRET)),
+    "markdown-in-block": lambda: _with_block(new_markdown_cell(SECRET)),
+    "marker-lower-case": lambda: new_notebook(cells=[new_code_cell(
+        f"def f():\n    ### begin solution\n    return '{SECRET}'\n    ### end solution\n")]),
+    "marker-double-space": lambda: new_notebook(cells=[new_code_cell(
+        f"def f():\n    ###  BEGIN SOLUTION\n    return '{SECRET}'\n    ###  END SOLUTION\n")]),
+    "marker-no-space": lambda: new_notebook(cells=[new_code_cell(
+        f"def f():\n    #BEGIN SOLUTION\n    return '{SECRET}'\n    #END SOLUTION\n")]),
+    "marker-in-markdown": lambda: new_notebook(cells=[new_markdown_cell(f"{BEGIN}\n{SECRET}\n{END}")]),
+    "marker-in-raw": lambda: new_notebook(cells=[_raw(f"{BEGIN}\n{SECRET}\n{END}")]),
+    "notebook-metadata": lambda: _nb_metadata(_with_block(new_code_cell(f"{BEGIN}\nx = 1\n{END}"))),
+    "cell-metadata": lambda: _cell_metadata(_with_block(new_code_cell(f"{BEGIN}\nx = 1\n{END}"))),
+    "tagged-show-source": lambda: new_notebook(cells=[new_code_cell(
+        f"show_source(f)  # {SECRET}", metadata={"tags": [student.SOLUTION_SOURCE_TAG]})]),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SOLUTION_FORMS))
+def test_every_form_of_a_solution_is_removed_or_refused(form):
+    nb = SOLUTION_FORMS[form]()
+    try:
+        out = make_student_notebook(nb, "book/07_form.ipynb")
+    except ValueError as err:
+        assert "book/07_form.ipynb" in str(err)
+        return
+    assert SECRET not in nbformat.writes(out), f"{form}: the solution reached the student copy"
+
+
+@pytest.mark.parametrize("form", ["marker-lower-case", "marker-double-space", "marker-no-space",
+                                  "marker-in-markdown", "marker-in-raw"])
+def test_marker_typos_are_refused_not_guessed(form):
+    with pytest.raises(ValueError, match="solution marker"):
+        make_student_notebook(SOLUTION_FORMS[form](), "book/07_form.ipynb")
+
+
+def test_conceptual_exercise_gets_an_empty_answer_cell_and_coding_one_does_not():
+    out = make_student_notebook(_chapter(), "book/03_x.ipynb")
+    sources = [c.source for c in out.cells]
+    assert sources.count(student.ANSWER_CELL) == 1  # ex-t-c only
+    i = sources.index(student.ANSWER_CELL)
+    assert sources[i - 1].startswith("**Exercise 3.3: Why?**")
+
+
+def test_student_notebook_converts_myst_to_plain_markdown():
+    bib = {"vaswani2017attention": {"author": "Vaswani, Ashish and Shazeer, Noam and Parmar, Niki",
+                                    "year": "2017"},
+           "milakov2018online": {"author": "Milakov, Maxim and Gimelshein, Natalia", "year": "2018"},
+           "sengar2025appendix": {"author": "Sengar, Aditya", "year": "2025"}}
+    text = ("See {cite:p}`vaswani2017attention` and {cite:p}`milakov2018online,sengar2025appendix`; "
+            "{cite:t}`sengar2025appendix` shows it, as {doc}`chapter 4 <04_geometric_attention>` and "
+            "{ref}`below <typo>` do.\n\n(typo)=\n```{note}\nA *note* with $x^2$.\n```")
+    nb = new_notebook(cells=[new_markdown_cell(text),
+                             new_markdown_cell(":::{exercise} Two\n:label: ex-04-two\n\nText $a$.\n:::")])
+    out = make_student_notebook(nb, "book/04_x.ipynb", bib=bib)
+    md = out.cells[0].source
+    assert "(Vaswani et al., 2017)" in md
+    assert "(Milakov and Gimelshein, 2018; Sengar, 2025)" in md
+    assert "Sengar (2025) shows it" in md
+    assert "[chapter 4](04_geometric_attention.ipynb)" in md
+    assert "[below](#typo) do." in md.replace("\n", " ") and '<a id="typo"></a>' in md
+    assert "> **Note.**" in md and "> A *note* with $x^2$." in md
+    assert out.cells[1].source == '**Exercise 4.1: Two** <a id="ex-04-two"></a>\n\nText $a$.'
+    for cell in out.cells:
+        assert not student.MYST_SYNTAX.search(cell.source)
+    with pytest.raises(ValueError, match="citation 'nobody' is not in the bibliography"):
+        make_student_notebook(new_notebook(cells=[new_markdown_cell("{cite:p}`nobody`")]), "x", bib=bib)
+    with pytest.raises(ValueError, match=r"\{glossary\} has no plain-Markdown form"):
+        make_student_notebook(new_notebook(cells=[new_markdown_cell(":::{glossary}\nx\n:::")]), "x")
+
+
+def test_bibtex_parser_reads_the_books_bibliography():
+    from geoattn.course._myst import parse_bibtex
+
+    bib = parse_bibtex((BOOK / "references.bib").read_text())
+    assert bib["vaswani2017attention"]["year"] == "2017"
+    assert "Kaiser, {\\L}ukasz" in bib["vaswani2017attention"]["author"]
+    assert bib["dao2022flashattention"]["title"].startswith("{FlashAttention}")
+
+
+# -------------------------------------------------------- writing never loses data (#10)
+
+def _book(tmp_path) -> tuple[Path, Path]:
+    src, out = tmp_path / "book", tmp_path / "assignments"
+    src.mkdir()
+    nbformat.write(_chapter(), src / "01_a.ipynb")
+    return src, out
+
+
+def test_a_link_to_the_chapter_is_refused_and_the_chapter_kept(tmp_path, capsys):
+    import os
+
+    src, out = _book(tmp_path)
+    chapter = (src / "01_a.ipynb").read_bytes()
+    out.mkdir()
+    (out / "01_a.ipynb").symlink_to(src / "01_a.ipynb")
+    assert student.main([str(src), str(out), "--force"]) == 1
+    assert "is a link to the chapter" in capsys.readouterr().err
+    assert (src / "01_a.ipynb").read_bytes() == chapter
+    (out / "01_a.ipynb").unlink()
+    os.link(src / "01_a.ipynb", out / "01_a.ipynb")  # a hard link: same file, other name
+    assert student.main([str(src), str(out), "--force"]) == 1
+    assert "is a link to the chapter" in capsys.readouterr().err
+    assert (src / "01_a.ipynb").read_bytes() == chapter
+
+
+def test_an_existing_copy_is_kept_without_force_and_links_are_replaced_not_followed(tmp_path, capsys):
+    src, out = _book(tmp_path)
+    out.mkdir()
+    work = "a student's work"
+    (out / "01_a.ipynb").write_text(work)
+    assert student.main([str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err
+    assert (out / "01_a.ipynb").read_text() == work
+    assert student.main([str(src), str(out), "--force"]) == 0
+    assert "Student copy" in (out / "01_a.ipynb").read_text()
+    # A link to some other file is replaced by the copy; the file it pointed to is untouched.
+    elsewhere = tmp_path / "elsewhere.ipynb"
+    elsewhere.write_text(work)
+    (out / "01_a.ipynb").unlink()
+    (out / "01_a.ipynb").symlink_to(elsewhere)
+    assert student.main([str(src), str(out), "--force"]) == 0
+    assert not (out / "01_a.ipynb").is_symlink() and elsewhere.read_text() == work
+    assert not list(out.glob(".*.tmp")), "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("not json {", "not a notebook (not JSON"),
+    ('{"cells": [{"cell_type": "code", "metadata": {}}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}',
+     "cell 0: the cell has no 'source'"),
+    (b"\xff\xfe\x00binary", "not UTF-8"),
+])
+def test_malformed_input_is_a_clear_error_naming_the_file(tmp_path, capsys, bad, message):
+    src, out = _book(tmp_path)
+    path = src / "02_bad.ipynb"
+    path.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+    assert student.main([str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "02_bad.ipynb" in err
+    assert not out.exists(), "nothing is written when any chapter is malformed"
+
+
+def test_destination_that_is_a_file_is_refused(tmp_path, capsys):
+    src, out = _book(tmp_path)
+    out.write_text("a file")
+    assert student.main([str(src), str(out)]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert out.read_text() == "a file"
+
+
+def test_importing_the_student_tool_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, geoattn.course.student; print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+
+
+# ------------------------------------------------- the real chapters' copies read cleanly
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_student_copy_has_no_myst_only_syntax(generated, chapter):
+    copy = nbformat.read(generated / chapter, as_version=4)
+    for i, cell in enumerate(copy.cells):
+        if cell.cell_type == "markdown":
+            hit = student.MYST_SYNTAX.search(cell.source)
+            assert not hit, f"{chapter}, cell {i}: MyST syntax {hit.group(0)!r} in the student copy"
+            assert ":label:" not in cell.source and ":class:" not in cell.source
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_student_copy_numbers_exercises_per_chapter_and_answers_conceptual_ones(generated, chapter):
+    original = nbformat.read(BOOK / chapter, as_version=4)
+    copy = nbformat.read(generated / chapter, as_version=4)
+    labels = re.findall(r"^:::\{exercise\}.*\n:label: (\S+)", _all_source(original), re.M)
+    headings = re.findall(r"^\*\*Exercise (\d+)\.(\d+)[:*].*<a id=\"(\S+)\"></a>", _all_source(copy), re.M)
+    n = int(chapter[:2])
+    assert [(int(c), int(k), label) for c, k, label in headings] == [
+        (n, k, label) for k, label in enumerate(labels, start=1)]
+    # Conceptual exercises (solution blocks without code) get a "Your answer" cell each.
+    conceptual = 0
+    block, has_code = False, False
+    for cell in original.cells:
+        if SOLUTION_START.search(cell.source):
+            block, has_code = True, False
+        elif SOLUTION_END.search(cell.source):
+            conceptual += not has_code
+            block = False
+        elif block and cell.cell_type == "code":
+            has_code = True
+    answers = [c for c in copy.cells if c.cell_type == "markdown" and c.source == student.ANSWER_CELL]
+    assert len(answers) == conceptual > 0
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_writes_exercises_with_colon_fences(chapter):
+    text = _all_source(nbformat.read(BOOK / chapter, as_version=4))
+    assert not re.search(r"^`{3,}\{(exercise|solution|solution-start|solution-end)\}", text, re.M)
+    assert re.search(r"^:::\{exercise\}", text, re.M)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_solution_source_cells_become_notes(generated, chapter):
+    original = nbformat.read(BOOK / chapter, as_version=4)
+    copy = nbformat.read(generated / chapter, as_version=4)
+    tagged = [c.source for c in original.cells
+              if student.SOLUTION_SOURCE_TAG in c.metadata.get("tags", [])]
+    code = {c.source for c in copy.cells if c.cell_type == "code"}
+    assert not set(tagged) & code
+    notes = [c for c in copy.cells if c.source == student.HIDDEN_SOURCE_NOTE]
+    assert len(notes) == len(tagged)
+
+
+def _solving_objects():
+    """Exercise -> the library code that answers it. Its lines must not reach a student."""
+    import geoattn
+    from geoattn import attention, online_softmax
+
+    return {
+        "ex-01-softmax": [attention.softmax],
+        "ex-01-attention": [attention.scaled_dot_product_attention, geoattn.attention_steps],
+        "ex-02-split-heads": [geoattn.MultiHeadAttention.split_heads],
+        "ex-02-merge-heads": [geoattn.MultiHeadAttention.merge_heads],
+        "ex-04-distance-term": [geoattn.geometric._geometric_logits],
+        "ex-04-geometric-scores": [geoattn.geometric._geometric_logits],
+        "ex-05-step": [online_softmax.online_softmax_update],
+    }
+
+
+def _answer_lines(obj) -> set[str]:
+    """The lines of ``obj``'s source that compute something (not docstrings, checks or comments)."""
+    import inspect
+
+    lines = set()
+    for line in inspect.getsource(obj).splitlines():
+        s = line.split("  #")[0].strip()
+        if (len(s) >= 20 and not s.startswith(("#", '"', "'", "def ", "raise ", "if ", "require_", "_check"))
+                and any(op in s for op in ("exp(", "amax", "sqrt", "@", "norm", "reshape", "transpose",
+                                           "maximum", "cdist", "/"))):
+            lines.add(s)
+    return lines
+
+
+def _all_outputs(nb) -> str:
+    return "\n".join(_text(c) + "\n" + "\n".join(
+        o.get("data", {}).get("text/markdown", "") for o in c.get("outputs", []))
+        for c in nb.cells if c.cell_type == "code")
+
+
+def test_executed_student_copies_print_no_library_answer(executed):
+    """Running a student copy prints no line of the library code that solves one of its exercises."""
+    for label, objs in _solving_objects().items():
+        chapter = next(name for name in CHAPTERS if name.startswith(label[3:5]))
+        printed = _all_outputs(executed[chapter])
+        leaked = {line for obj in objs for line in _answer_lines(obj) if line in printed}
+        assert not leaked, f"{chapter} prints the answer to {label}: {sorted(leaked)}"
+    # ... while the chapters themselves do show that code (so the test can see a leak).
+    ch1 = nbformat.read(BOOK / CHAPTERS[0], as_version=4)
+    assert _answer_lines(_solving_objects()["ex-01-softmax"][0]) & set(
+        line.strip() for line in _all_outputs(ch1).splitlines())

@@ -1,13 +1,15 @@
 """Course tooling, apart from the library proper: the exercises' auto-checks
-(``geoattn.course.checks``) and the student copies (``python -m geoattn.course.student``).
+(``geoattn.course.checks``), the student copies (``python -m geoattn.course.student``) and
+grading (``python -m geoattn.course.grade``).
 
-Submodules load on first use, so ``import geoattn.course.student`` never imports torch.
+Submodules load on first use, so ``import geoattn.course.student`` (and ``.grade``) never
+imports torch.
 """
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["checks", "student"]
+__all__ = ["checks", "grade", "student"]
 
 
 def __getattr__(name: str):

@@ -3,28 +3,39 @@
 The chapters are the single source: each exercise is written once, with its solution,
 in this pattern (one markdown cell per directive)::
 
-    ```{exercise} Title              <- markdown, kept
+    :::{exercise} Title                <- markdown, kept as plain Markdown ("Exercise 1.1: Title")
     :label: ex-01-softmax
-    ```
-    ```{solution-start} ex-01-softmax  <- markdown, dropped
+    ...
+    :::
+    :::{solution-start} ex-01-softmax  <- markdown, dropped
     :class: dropdown
-    ```
+    :::
     def my_softmax(x):                 <- code, kept with its body replaced
         ### BEGIN SOLUTION
         ...                            <- the solution: becomes `raise NotImplementedError(...)`
         ### END SOLUTION
     geoattn.course.checks.check_softmax(my_softmax)
-    ```{solution-end}                  <- markdown, dropped
-    ```
+    :::{solution-end}                  <- markdown, dropped
+    :::
 
-A student copy keeps every cell except the markdown cells from ``solution-start`` to
-``solution-end`` (inclusive) and any ``{solution}`` directive cell; in code cells the
-lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (inclusive) become one
-``raise NotImplementedError`` at the same indentation. Outputs and execution counts are
-cleared, so a student starts from a clean notebook. Anything ambiguous (unbalanced
-markers, a solution block that never ends, solution code outside the markers) raises a
-``ValueError`` naming the notebook and the cell, because a silent mistake here would
-hand the answers to the students.
+A student copy keeps every cell except the cells from ``solution-start`` to ``solution-end``
+(inclusive, markdown and raw alike) and any ``{solution}`` directive cell; in code cells the
+lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (inclusive) become one ``raise
+NotImplementedError`` at the same indentation. A solution block with no code cell is a
+conceptual exercise: its place gets an empty "Your answer:" cell. A code cell tagged
+``solution-source`` (a ``show_source`` of the library code that solves an exercise) becomes
+a note. Markdown cells lose every MyST-only construct (see :mod:`geoattn.course._myst`):
+exercises, citations, cross-references and notes become plain Markdown. Outputs, execution
+counts and any metadata that is not plainly harmless are dropped.
+
+Anything ambiguous raises a ``ValueError`` naming the notebook and the cell, because a silent
+mistake here would hand the answers to the students: unbalanced markers, a marker typo
+(``### begin solution``), a marker in a markdown cell, solution code outside the markers.
+
+Writing never loses data: each copy goes to a temporary file that then replaces the
+destination atomically (so a link at the destination is replaced, never written through);
+a destination that is a source chapter (by a symbolic or hard link) is refused, and an
+existing copy (maybe a student's work) is only replaced with ``--force``.
 
 Run it as ``python -m geoattn.course.student book/ assignments/``.
 """
@@ -33,32 +44,49 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
-__all__ = ["BEGIN", "END", "make_student_notebook", "write_student_notebooks"]
+from ._myst import MYST_SYNTAX, MystConverter, parse_bibtex
+
+__all__ = ["BEGIN", "END", "SOLUTION_SOURCE_TAG", "make_student_notebook", "write_student_notebooks"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+SOLUTION_SOURCE_TAG = "solution-source"
 
 # A MyST directive opening line, with a backtick or colon fence (colon_fence is enabled).
+# Sphinx matches directive names case-insensitively ({Solution} renders), so we do too.
 _DIRECTIVE = r"^\s*(?:`{3,}|:{3,})\{%s\}"
-_SOLUTION_START = re.compile(_DIRECTIVE % r"solution-start", re.M)
-_SOLUTION_END = re.compile(_DIRECTIVE % r"solution-end", re.M)
-_SOLUTION = re.compile(_DIRECTIVE % r"solution", re.M)
-_LABEL = re.compile(r"\{solution-start\}\s*(\S+)")
+_SOLUTION_START = re.compile(_DIRECTIVE % r"solution-start", re.M | re.I)
+_SOLUTION_END = re.compile(_DIRECTIVE % r"solution-end", re.M | re.I)
+_SOLUTION = re.compile(_DIRECTIVE % r"solution", re.M | re.I)
+_EXERCISE = re.compile(_DIRECTIVE % r"exercise", re.M | re.I)
+_LABEL = re.compile(r"\{solution-start\}\s*(\S+)", re.I)
 _DEF = re.compile(r"^\s*(?:async\s+)?def\s+(\w+)")
+# Anything that looks like a solution marker, in any case or spacing ("#begin  solution").
+_MARKER_LIKE = re.compile(r"(begin|end)[\s_-]*solution", re.I)
+_CHAPTER_NUMBER = re.compile(r"(?:^|[/\\])(\d+)_[^/\\]*$")
 
-# Keys written by a run (timings), not by an author; dropped so that re-executing a
-# chapter does not change its student copy.
-_VOLATILE_CELL_METADATA = ("execution",)
+# Metadata that is safe to hand out; anything else (a stored answer, nbgrader's fields,
+# a tool's cache) is dropped, because nobody reviews it before it reaches the students.
+_NOTEBOOK_METADATA = ("kernelspec", "language_info", "accelerator", "colab")
+_CELL_METADATA = ("tags", "jupyter", "collapsed", "scrolled", "editable", "deletable")
 
 # Plain markdown (not a MyST directive): student copies are read in Jupyter or Colab.
 NOTICE = (
     "> **Student copy.** The exercise solutions are removed from this notebook. In each\n"
-    "> exercise, replace the `raise NotImplementedError(...)` line with your own code and\n"
-    "> run the cell: its check prints ✓ when your function is right, or a hint when not."
+    "> coding exercise, replace the `raise NotImplementedError(...)` line with your own code\n"
+    "> and run the cell: its check prints ✓ when your function is right, or a hint when not.\n"
+    "> Write the answers to the other exercises in the \"Your answer\" cells."
+)
+ANSWER_CELL = "**Your answer:**\n\n"
+HIDDEN_SOURCE_NOTE = (
+    "> *The book shows the library's code for this step here. The student copy leaves it out,\n"
+    "> because writing it is one of this chapter's exercises.*"
 )
 
 
@@ -66,19 +94,23 @@ def _where(name: str, index: int) -> str:
     return f"{name}, cell {index}"
 
 
+def _check_marker_lines(source: str, where: str) -> None:
+    for lineno, line in enumerate(source.splitlines(), start=1):
+        if _MARKER_LIKE.search(line) and line.strip() not in (BEGIN, END):
+            raise ValueError(f"{where}, line {lineno}: a solution marker must stand alone on its line "
+                             f"as {BEGIN!r} or {END!r}, got {line!r}")
+
+
 def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int]:
     """Replace every BEGIN..END SOLUTION span in ``source``; return the new source and the count."""
+    _check_marker_lines(source, where)
     out: list[str] = []
     begin_line: int | None = None
     func: str | None = None
     n = 0
     for lineno, line in enumerate(source.splitlines(), start=1):
         stripped = line.strip()
-        is_begin, is_end = stripped == BEGIN, stripped == END
-        if not (is_begin or is_end) and ("BEGIN SOLUTION" in line or "END SOLUTION" in line):
-            raise ValueError(f"{where}, line {lineno}: a solution marker must stand alone on its line "
-                             f"as {BEGIN!r} or {END!r}, got {line!r}")
-        if is_begin:
+        if stripped == BEGIN:
             if begin_line is not None:
                 raise ValueError(f"{where}, line {lineno}: {BEGIN!r} inside the solution opened on line "
                                  f"{begin_line}, which has no {END!r} yet")
@@ -91,7 +123,7 @@ def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int
             message = json.dumps("exercise: " + what, ensure_ascii=False)
             out.append(f"{indent}raise NotImplementedError({message})")
             n += 1
-        elif is_end:
+        elif stripped == END:
             if begin_line is None:
                 raise ValueError(f"{where}, line {lineno}: {END!r} without a {BEGIN!r} before it")
             begin_line = None
@@ -106,19 +138,47 @@ def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int
     return (text + "\n" if source.endswith("\n") else text), n
 
 
-def make_student_notebook(nb, name: str = "notebook"):
+def _clean_metadata(metadata, keep: tuple[str, ...], where: str):
+    kept = {key: copy.deepcopy(metadata[key]) for key in keep if key in metadata}
+    if _MARKER_LIKE.search(json.dumps(kept)) or _SOLUTION.search(json.dumps(kept).replace("\\n", "\n")):
+        raise ValueError(f"{where}: the metadata holds a solution marker")
+    return kept
+
+
+def _chapter_number(name: str) -> int | None:
+    match = _CHAPTER_NUMBER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _new_markdown(source: str, cell_id: str):
+    from nbformat.v4 import new_markdown_cell
+
+    cell = new_markdown_cell(source)
+    cell["id"] = cell_id  # fixed, so the copy is byte-for-byte reproducible
+    return cell
+
+
+def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None, chapter: int | None = None):
     """Return the student copy of the chapter notebook ``nb`` (an nbformat v4 node); ``nb`` is not changed.
 
-    ``name`` is used in error messages only.
+    ``name`` is used in error messages, and its leading number (``04_x.ipynb``) numbers the
+    exercises unless ``chapter`` is given. ``bib`` holds the bibliography that citations
+    are resolved from (see :func:`geoattn.course._myst.parse_bibtex`).
     """
+    from nbformat import NotebookNode
+
     student = copy.deepcopy(nb)
+    converter = MystConverter(bib, chapter if chapter is not None else _chapter_number(name))
     cells = []
     open_label: str | None = None  # the exercise whose solution block we are inside
-    open_at = -1
+    open_at, open_has_code = -1, False
     for index, cell in enumerate(student.cells):
         where = _where(name, index)
-        if cell.cell_type == "markdown":
-            src = cell.source
+        cell_type = cell.get("cell_type")
+        if cell_type not in ("markdown", "code", "raw") or not isinstance(cell.get("source"), str):
+            raise ValueError(f"{where}: not a notebook cell (cell_type {cell_type!r}, a 'source' string)")
+        src = cell.source
+        if cell_type in ("markdown", "raw"):
             starts, ends = len(_SOLUTION_START.findall(src)), len(_SOLUTION_END.findall(src))
             if starts > 1 or ends > 1 or (starts and ends):
                 raise ValueError(f"{where}: put each solution-start/solution-end directive in its own "
@@ -128,83 +188,182 @@ def make_student_notebook(nb, name: str = "notebook"):
                     raise ValueError(f"{where}: solution-start while the solution of {open_label} "
                                      f"(opened in cell {open_at}) has no solution-end yet")
                 label = _LABEL.search(src)
-                open_label, open_at = (label.group(1) if label else "?"), index
+                open_label, open_at, open_has_code = (label.group(1) if label else "?"), index, False
                 continue
             if ends:
                 if open_label is None:
                     raise ValueError(f"{where}: solution-end without a solution-start before it")
+                if not open_has_code:  # a conceptual exercise: the student writes the answer here
+                    cells.append(_new_markdown(ANSWER_CELL, f"answer-{open_label}"[:64]))
                 open_label = None
                 continue
-            if open_label is not None or _SOLUTION.search(src):
+            if open_label is not None:
                 continue  # a written-out answer: never in the student copy
-        elif cell.cell_type == "code":
-            cell.source, n = _stub_solution(cell.source, where, open_label)
-            if open_label is not None and n == 0:
-                raise ValueError(f"{where}: code cell inside the solution of {open_label} has no "
-                                 f"{BEGIN!r} ... {END!r} markers, so its code would reach the students")
+            if _SOLUTION.search(src):
+                if _EXERCISE.search(src):
+                    raise ValueError(f"{where}: put the {{solution}} directive in a cell of its own, "
+                                     "apart from the exercise")
+                continue
+            if _MARKER_LIKE.search(src):
+                raise ValueError(f"{where}: a solution marker in a {cell_type} cell; markers belong in "
+                                 "code cells, around the solution's code")
+            if cell_type == "markdown":
+                cell.source = converter.convert(src, where)
+                cell.pop("outputs", None)
+        else:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if SOLUTION_SOURCE_TAG in tags and open_label is None:
+                if _MARKER_LIKE.search(src):
+                    raise ValueError(f"{where}: a {SOLUTION_SOURCE_TAG!r} cell holds solution markers")
+                cells.append(_new_markdown(HIDDEN_SOURCE_NOTE, cell.get("id", f"hidden-{index}")))
+                continue
+            cell.source, n = _stub_solution(src, where, open_label)
+            if open_label is not None:
+                open_has_code = True
+                if n == 0:
+                    raise ValueError(f"{where}: code cell inside the solution of {open_label} has no "
+                                     f"{BEGIN!r} ... {END!r} markers, so its code would reach the students")
             cell.outputs = []
             cell.execution_count = None
-        for key in _VOLATILE_CELL_METADATA:
-            cell.metadata.pop(key, None)
+        cell.metadata = NotebookNode(_clean_metadata(cell.get("metadata", {}), _CELL_METADATA, where))
         cells.append(cell)
     if open_label is not None:
         raise ValueError(f"{_where(name, open_at)}: solution-start for {open_label} has no solution-end")
+    student.metadata = NotebookNode(_clean_metadata(student.metadata, _NOTEBOOK_METADATA, f"{name}, metadata"))
     student.cells = cells
     return student
 
 
 def _with_notice(nb):
     """Insert the student notice after the title cell (the first markdown cell), if any."""
-    import nbformat
-
-    notice = nbformat.v4.new_markdown_cell(NOTICE)
-    # A fixed id, so the copy is byte-for-byte reproducible.
-    notice["id"] = "student-copy-notice"
     at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
-    nb.cells.insert(at, notice)
+    nb.cells.insert(at, _new_markdown(NOTICE, "student-copy-notice"))
     return nb
 
 
-def write_student_notebooks(src_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the student copy of every ``*.ipynb`` in ``src_dir`` to ``out_dir`` (same names); return the paths."""
+def read_notebook(path: Path):
+    """Read ``path`` as an nbformat v4 notebook, or raise a ValueError naming the file and what is wrong."""
+    import nbformat
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a notebook (not UTF-8 text: {err.reason})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a notebook (not JSON: {err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise ValueError(f"{path}: not a notebook (no list of 'cells')")
+    for index, cell in enumerate(data["cells"]):
+        if not isinstance(cell, dict) or "source" not in cell:
+            raise ValueError(f"{_where(str(path), index)}: the cell has no 'source'")
+        if not isinstance(cell["source"], (str, list)):
+            raise ValueError(f"{_where(str(path), index)}: the cell's 'source' is not text")
+    try:
+        return nbformat.reads(text, as_version=4)
+    except Exception as err:  # nbformat raises several kinds for a broken notebook
+        raise ValueError(f"{path}: not a valid notebook ({type(err).__name__}: {err})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename replaces the directory entry: a symbolic or hard link at ``path`` is
+    replaced, and whatever it pointed to is never written.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_student_notebooks(src_dir: str | Path, out_dir: str | Path, *, force: bool = False,
+                            bibliography: str | Path | None = None) -> list[Path]:
+    """Write the student copy of every ``*.ipynb`` in ``src_dir`` to ``out_dir`` (same names); return the paths.
+
+    An existing copy is replaced only with ``force=True``; a destination that is one of
+    the sources (through any link) is always refused. Citations come from
+    ``bibliography`` (default: ``src_dir/references.bib`` when it exists).
+    """
     import nbformat
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise ValueError(f"src_dir {str(src_dir)!r} is not a directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} is a file, not a directory")
     sources = sorted(src_dir.glob("*.ipynb"))
     if not sources:
         raise ValueError(f"src_dir {str(src_dir)!r} holds no .ipynb notebook")
     if out_dir.resolve() == src_dir.resolve():
         raise ValueError("out_dir must differ from src_dir: the student copies would overwrite the chapters")
-    # Convert everything first, so an error in one chapter leaves out_dir untouched.
+    bib_path = Path(bibliography) if bibliography is not None else src_dir / "references.bib"
+    bib = parse_bibtex(bib_path.read_text(encoding="utf-8"), str(bib_path)) if bib_path.is_file() else {}
+    # Convert and check everything first, so an error in one chapter leaves out_dir untouched.
     copies = []
     for path in sources:
-        nb = nbformat.read(path, as_version=4)
-        copies.append((out_dir / path.name, _with_notice(make_student_notebook(nb, name=str(path)))))
+        nb = read_notebook(path)
+        copies.append((out_dir / path.name, _with_notice(make_student_notebook(nb, name=str(path), bib=bib))))
+    for dest, _ in copies:
+        if not (dest.exists() or dest.is_symlink()):
+            continue
+        hit = next((s for s in sources if _same_file(dest, s) or dest.resolve() == s.resolve()), None)
+        if hit is not None:
+            raise ValueError(f"{dest} is a link to the chapter {hit}: writing the copy there would destroy "
+                             "the chapter's solutions. Remove the link first.")
+        if dest.is_dir():
+            raise ValueError(f"{dest} is a directory, not a notebook")
+        if not force:
+            raise ValueError(f"{dest} exists (it may hold a student's work); pass --force to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path, nb in copies:
-        nbformat.write(nb, path)
-    return [path for path, _ in copies]
+    for dest, nb in copies:
+        text = nbformat.writes(nb)
+        atomic_write_text(dest, text if text.endswith("\n") else text + "\n")
+    return [dest for dest, _ in copies]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m geoattn.course.student",
-        description="Write student copies (solutions removed, outputs cleared) of the chapter notebooks.",
+        description="Write student copies (solutions removed, outputs cleared, plain Markdown) of the "
+                    "chapter notebooks.",
     )
     parser.add_argument("src_dir", help="folder with the chapter notebooks, e.g. book/")
     parser.add_argument("out_dir", help="folder for the student copies, e.g. assignments/")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing copies (by default an existing copy, maybe a student's work, "
+                             "is never overwritten)")
+    parser.add_argument("--bibliography", help="BibTeX file for citations (default: SRC_DIR/references.bib)")
     args = parser.parse_args(argv)
     try:
-        written = write_student_notebooks(args.src_dir, args.out_dir)
-    except ValueError as err:
+        written = write_student_notebooks(args.src_dir, args.out_dir, force=args.force,
+                                          bibliography=args.bibliography)
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for path in written:
         print(path)
     return 0
 
+
+__all__ += ["MYST_SYNTAX", "read_notebook", "atomic_write_text"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,6 +38,9 @@ def _distance_reference(q_dist: Tensor, k_dist: Tensor) -> Tensor:
     return -_scores(zeros_q, zeros_k, q_dist, k_dist, 0.0, 1.0)
 
 
+_far = torch.tensor([1e4, -1e4, 1e4])
+
+
 def _distance_cases() -> list[Case]:
     same = _randn(4, 3, seed=23, scale=5.0)
     inputs = [
@@ -49,6 +52,12 @@ def _distance_cases() -> list[Case]:
          "a point at zero distance from itself must give exactly 0 on the diagonal."),
         ((_randn(5, 3, seed=25, scale=1e4), _randn(5, 3, seed=26, scale=1e4)), "coordinates of 1e4 Å",
          "large coordinates must still give finite, accurate distances."),
+        # Residues 1-3 Å apart, 1e4 Å from the origin: |q|² + |k|² − 2 q·k subtracts numbers
+        # of 3e8 whose float32 round-off (about 20) swamps the squared distance itself.
+        ((_far + _randn(6, 3, seed=27, scale=1.5), _far + _randn(6, 3, seed=28, scale=1.5)),
+         "nearby points 1e4 Å from the origin",
+         "|q|² + |k|² − 2 q·k cancels catastrophically when the points are close to each other but far "
+         "from the origin; subtract the points first, then take the norm of the difference."),
     ]
     return [Case(label, args, _distance_reference(*args), hint, atol=1e-5, rtol=1e-5)
             for args, label, hint in inputs]
@@ -68,6 +77,10 @@ def check_distance_term(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
          "the 1/√3 scale is missing (the same scale as the rotation term of line 7)."),
         (lambda q, k: torch.linalg.vector_norm(diff(q, k), dim=-1) / 3,
          "the scale is 1/√3, not 1/3."),
+        (lambda q, k: ((q * q).sum(-1)[:, None] + (k * k).sum(-1)[None, :] - 2 * q @ k.T).clamp_min(0).sqrt()
+         / math.sqrt(3),
+         "the expansion |q|² + |k|² − 2 q·k loses the distance to round-off for nearby points far from "
+         "the origin: subtract the points first."),
     ]
     return run_check("distance_term", fn, cases, wrong)
 

@@ -60,6 +60,11 @@ def _step_cases() -> list[Case]:
         _step_case("a single row in float64", rescale,
                    *_state(1, 5, seed=11, dtype=torch.float64), torch.tensor([0.7], dtype=torch.float64),
                    _randn(5, seed=12, dtype=torch.float64)),
+        # Last, so that a reader with an earlier slip hears about that one first.
+        _step_case("a masked key (score -inf) on the empty state",
+                   "a row that has seen only masked keys keeps m = -inf, and exp(m - m_new) is then "
+                   "exp(-inf - (-inf)) = NaN. Guard it: when m_new is -inf, shift by 0 instead.",
+                   *_empty(3, 2), torch.full((3,), -_INF), _randn(2, seed=13)),
     ]
 
 
@@ -86,7 +91,15 @@ def _step_with_inverted_rescale(m, l, acc, s, v):
     return m_new, c * l + p, c[:, None] * acc + p[:, None] * v
 
 
+def _step_without_guard(m, l, acc, s, v):
+    m_new = torch.maximum(m, s)
+    c, p = torch.exp(m - m_new), torch.exp(s - m_new)
+    return m_new, c * l + p, c[:, None] * acc + p[:, None] * v
+
+
 _STEP_SLIPS = [
+    (_step_without_guard, "exp(m - m_new) is NaN when both are -inf (a masked key on a row that has "
+                          "seen no key yet): shift by 0 when m_new is -inf."),
     (_step_without_rescale, "ℓ and acc are not multiplied by exp(m - m_new) when the maximum grows."),
     (_step_rescaling_only_l, "ℓ is rescaled, but acc must be rescaled by the same factor."),
     (_step_with_inverted_rescale, "the rescale factor is inverted: it is exp(m_old - m_new), at most 1."),
@@ -122,6 +135,11 @@ def _merge_cases() -> list[Case]:
                     _state(2, 4, seed=26, scale=5.0, offset=-8.0)),
         _merge_case("float64 states", scale, _state(3, 2, seed=27, dtype=torch.float64),
                     _state(3, 2, seed=28, dtype=torch.float64)),
+        # Last, so that a reader with an earlier slip hears about that one first.
+        _merge_case("two empty states",
+                    "two empty states (m = -inf) merge into the empty state, but exp(m_a - m) is then "
+                    "exp(-inf - (-inf)) = NaN. Guard it: when m is -inf, shift by 0 instead.",
+                    _empty(3, 2), _empty(3, 2)),
     ]
 
 
@@ -135,7 +153,15 @@ def _merge_rescaling_only_l(m_a, l_a, acc_a, m_b, l_b, acc_b):
     return m, ca * l_a + cb * l_b, acc_a + acc_b
 
 
+def _merge_without_guard(m_a, l_a, acc_a, m_b, l_b, acc_b):
+    m = torch.maximum(m_a, m_b)
+    ca, cb = torch.exp(m_a - m), torch.exp(m_b - m)
+    return m, ca * l_a + cb * l_b, ca[:, None] * acc_a + cb[:, None] * acc_b
+
+
 _MERGE_SLIPS = [
+    (_merge_without_guard, "exp(m_a - m) is NaN when both maxima are -inf (two empty states): shift "
+                           "by 0 when m is -inf."),
     (_merge_by_adding, "the two states are added as they are, but each is in the scale of its own "
                        "maximum: rescale both to the larger one first."),
     (_merge_rescaling_only_l, "the ℓ's are rescaled, but the acc's need the same factors."),
