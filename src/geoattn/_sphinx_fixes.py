@@ -71,4 +71,7 @@ def _register_bibliography_style() -> None:
 def setup(app):
     app.connect("html-page-context", _dedupe_scripts)
     _register_bibliography_style()
+    # Once more when the build starts: pybtex keeps runtime plugins per process, and a
+    # build once failed with "plugin ... not found" though setup() had registered it.
+    app.connect("builder-inited", lambda app: _register_bibliography_style())
     return {"parallel_read_safe": True, "parallel_write_safe": True}

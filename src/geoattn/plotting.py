@@ -244,7 +244,7 @@ def backbone_view(backbone, rotations=None, translations=None, *, residues=None,
 
 # The viewer: orthographic projection on a 2-D canvas, drawn back to front; dragging
 # turns the molecule about the screen's vertical (left-right) and horizontal (up-down) axes.
-_VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:640px;margin:0.5em 0;">
+_VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5em 0;">
 <canvas id="@ID@" role="img" aria-label="@TITLE@ Drag to rotate."
  style="width:100%;aspect-ratio:1/1;touch-action:none;cursor:grab;border:1px solid #8884;border-radius:4px;">
 </canvas>
@@ -268,7 +268,7 @@ _VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:640px;margin:0.5e
   function draw() {
     const dpr = window.devicePixelRatio || 1, w = canvas.clientWidth || 400;
     if (canvas.width !== Math.round(w * dpr)) { canvas.width = Math.round(w * dpr); canvas.height = canvas.width; }
-    const ctx = canvas.getContext("2d"), s = canvas.width / (2.1 * radius), c = canvas.width / 2;
+    const ctx = canvas.getContext("2d"), s = canvas.width / (2.0 * radius), c = canvas.width / 2;
     const xy = p => [c + s * p[0], c - s * p[1]];
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     const segs = [];
