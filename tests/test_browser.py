@@ -3,7 +3,10 @@ Chromium (driven by Playwright), served from 127.0.0.1.
 
 Per page: the equations are typeset by MathJax (no raw TeX left, no MathJax errors), every
 image loads, the Colab launch button opens that chapter's notebook, and the console shows
-no JavaScript error. The machine has no internet, so MathJax's CDN request is answered
+no JavaScript error. At 1280 px no output block or display equation is wider than its
+column and at most 3 code blocks scroll sideways; every figure has a numbered caption and
+written alt text. At a phone's 390 px the page never scrolls sideways, and the chapter
+list and "Contents" drawers open when tapped. Chapter 3's 3-D view draws and turns. The machine has no internet, so MathJax's CDN request is answered
 from the copy of MathJax 3 in the ``django-static-mathjax`` package (pinned in
 requirements.txt), and every other off-machine request is aborted (and its network error
 ignored). Skipped when no Chromium is installed (``.ci/run`` installs Debian's), unless
@@ -169,6 +172,32 @@ LINKS_JS = r"""() => {
 }"""
 
 
+# What is cut off at the current width: output blocks and display equations wider than
+# their box (their box never grows past the column, so wider means hidden behind a scroll
+# bar), and code blocks that scroll sideways.
+OVERFLOW_JS = r"""() => {
+  const wide = el => el.scrollWidth > el.clientWidth + 1;
+  const text = el => el.textContent.trim().replace(/\s+/g, ' ').slice(0, 80);
+  const outputs = [...document.querySelectorAll('.cell_output pre, .output pre')];
+  const equations = [...document.querySelectorAll('mjx-container[display="true"]')];
+  const code = [...document.querySelectorAll('pre')].filter(p => !p.closest('.cell_output, .output'));
+  return {
+    outputs: outputs.filter(wide).map(text),
+    equations: equations.filter(el => wide(el) || wide(el.parentElement)).map(text),
+    scrolling_code: code.filter(wide).map(text),
+    page: [document.documentElement.scrollWidth, window.innerWidth],
+  };
+}"""
+
+FIGURES_JS = r"""() => [...document.querySelectorAll('.cell_output img, figure img')].map(img => {
+  const fig = img.closest('figure');
+  const cap = fig && fig.querySelector('figcaption');
+  return {src: img.currentSrc || img.src, alt: img.alt || '',
+          caption: cap ? cap.textContent.trim() : '',
+          number: cap && cap.querySelector('.caption-number') ? cap.querySelector('.caption-number').textContent : ''};
+})"""
+
+
 def _visit(context, base: str, page_name: str, screenshot: Path | None) -> dict:
     page = context.new_page()
     errors: list[tuple[str, str]] = []
@@ -185,6 +214,8 @@ def _visit(context, base: str, page_name: str, screenshot: Path | None) -> dict:
             "math": page.evaluate(MATH_JS),
             "images": page.evaluate(IMAGES_JS),
             "links": page.evaluate(LINKS_JS),
+            "overflow": page.evaluate(OVERFLOW_JS),
+            "figures": page.evaluate(FIGURES_JS),
         }
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +281,30 @@ def _result(visits, page_name) -> dict:
 
 # -------------------------------------------------------------------------- the tests
 
+MAX_SCROLLING_CODE = 3
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_nothing_is_cut_off_at_1280_px(visits, page_name):
+    over = _result(visits, page_name)["overflow"]
+    assert not over["outputs"], f"{page_name}: output blocks wider than the column: {over['outputs'][:5]}"
+    assert not over["equations"], f"{page_name}: display equations wider than the column: {over['equations'][:5]}"
+    assert len(over["scrolling_code"]) <= MAX_SCROLLING_CODE, (
+        f"{page_name}: {len(over['scrolling_code'])} code blocks scroll sideways: {over['scrolling_code'][:5]}")
+    assert over["page"][0] <= over["page"][1], f"{page_name}: the page scrolls sideways at 1280 px: {over['page']}"
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_every_figure_has_a_numbered_caption_and_alt_text(visits, page_name):
+    figures = _result(visits, page_name)["figures"]
+    assert figures, f"{page_name}: no figure"
+    for fig in figures:
+        name = fig["src"].rsplit("/", 1)[-1]
+        assert fig["caption"], f"{page_name}: figure {name} has no caption"
+        assert fig["number"].startswith("Fig"), f"{page_name}: figure {name} has no number: {fig['caption'][:60]}"
+        alt = fig["alt"]
+        assert len(alt) > 40 and not alt.endswith((".png", ".svg")), f"{page_name}: figure {name} alt text: {alt!r}"
+
 @pytest.mark.parametrize("page_name", PAGES)
 def test_equations_are_typeset(visits, page_name):
     math = _result(visits, page_name)["math"]
@@ -291,6 +346,103 @@ def test_intro_links_the_student_copies_on_colab(visits):
 def test_no_javascript_errors(visits, page_name):
     errors = _result(visits, page_name)["errors"]
     assert not errors, f"{page_name}: console errors: {errors}"
+
+
+# ---------------------------------------------------------------- phone and 3-D view
+
+PHONE = {"width": 390, "height": 844}
+DRAWER_LINKS_JS = r"""sel => [...document.querySelectorAll(sel + ' a')].filter(a => {
+  const r = a.getBoundingClientRect(), st = getComputedStyle(a);
+  return r.width > 0 && r.height > 0 && r.right > 0 && r.left < window.innerWidth &&
+         st.visibility !== 'hidden' && a.textContent.trim();
+}).length"""
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, server, tmp_path_factory):
+    """A second browser, for the interactive tests (phone drawers, the 3-D view)."""
+    from playwright.sync_api import sync_playwright
+
+    mathjax = _mathjax_dir()
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(server):
+            return r.continue_()
+        if url.startswith(MATHJAX_CDN):
+            local = mathjax / url[len(MATHJAX_CDN):].split("?")[0]
+            return r.fulfill(path=str(local)) if local.is_file() else r.fulfill(status=404, body="")
+        return r.abort("blockedbyclient")
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            def open_page(page_name, viewport):
+                context = b.new_context(viewport=viewport, has_touch=viewport is PHONE,
+                                        is_mobile=viewport is PHONE)
+                context.route("**/*", route)
+                page = context.new_page()
+                page.goto(server + f"{page_name}.html", wait_until="load", timeout=60_000)
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                       timeout=30_000)
+                page.evaluate("() => MathJax.startup.promise.then(() => true)")
+                return page
+            yield open_page
+        finally:
+            b.close()
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_the_page_never_scrolls_sideways_on_a_phone(browser, page_name):
+    page = browser(page_name, PHONE)
+    try:
+        width, inner = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width <= inner, f"{page_name}: at 390 px the page is {width} px wide and scrolls sideways"
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("button, drawer, what", [
+    ("button.primary-toggle", ".bd-sidebar-primary", "chapter list"),
+    ("button.secondary-toggle", ".bd-sidebar-secondary", "Contents"),
+])
+def test_phone_drawers_open_when_tapped(browser, button, drawer, what):
+    page = browser(CHAPTERS[0], PHONE)
+    try:
+        assert page.evaluate(DRAWER_LINKS_JS, drawer) == 0, f"the {what} drawer is open before any tap"
+        toggle = page.locator(button).first
+        assert toggle.is_visible(), f"no visible {what} button ({button}) at 390 px"
+        toggle.tap()
+        page.wait_for_timeout(600)  # the drawer slides in
+        shown = page.evaluate(DRAWER_LINKS_JS, drawer)
+        assert shown >= 3, f"tapping the {what} button shows {shown} links in {drawer}"
+        if what == "chapter list":
+            names = page.evaluate(f"() => [...document.querySelectorAll('{drawer} a')].map(a => a.href)")
+            assert any(Path(c).name in href for c in CHAPTERS[1:] for href in names), names
+    finally:
+        page.context.close()
+
+
+def test_the_3d_view_renders_and_turns(browser):
+    chapter = next(c for c in CHAPTERS if "rigid_frames" in c)
+    page = browser(chapter, {"width": 1280, "height": 900})
+    try:
+        canvas = page.locator("canvas#ubiquitin-frames")
+        canvas.scroll_into_view_if_needed()
+        assert int(canvas.get_attribute("data-rendered") or 0) > 75, "the 3-D view drew nothing"
+        pixels = "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; " \
+                 "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"
+        snapshot = "c => c.toDataURL()"
+        assert canvas.evaluate(pixels) > 2000, "the 3-D view's canvas is blank"
+        before = canvas.evaluate(snapshot)
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2 + 40, steps=8)
+        page.mouse.up()
+        assert canvas.evaluate(snapshot) != before, "dragging did not turn the 3-D view"
+    finally:
+        page.context.close()
 
 
 def test_screenshot_was_taken(visits):

@@ -1,4 +1,6 @@
 """geoattn.plotting: the text/HTML table and the annotated attention heatmap."""
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from geoattn.plotting import Table, attention_heatmap, fmt
+import geoattn
+from geoattn.plotting import Table, attention_heatmap, backbone_view, fmt, use_book_style
 
 
 def test_fmt_numbers_vectors_and_matrices():
@@ -26,7 +29,18 @@ def test_table_text_is_aligned_and_html_is_escaped():
     assert lines[3].startswith("longer  [0.500, 0.250]")
     # every column starts at the same offset on every line
     assert len({line.index(line.split()[1]) for line in (lines[0], lines[2], lines[3])}) == 1
-    assert "<th>a&lt;b</th>" in Table(["a<b"], [["x"]])._repr_html_()
+    assert ">a&lt;b</th>" in Table(["a<b"], [["x"]])._repr_html_()
+
+
+def test_table_html_is_padded_ruled_and_right_aligns_number_columns():
+    table = Table(["name", "value", "range", "note"],
+                  [["a", 0.5, "1–18", "-"], ["b", "-inf", "< 1e-10", "yes"]])
+    page = table._repr_html_()
+    assert page.count("<tr>") == 3 and "padding:" in page and "border-bottom:" in page
+    aligned = re.findall(r'<th style="[^"]*text-align:(\w+)', page)
+    assert aligned == ["left", "right", "right", "left"]
+    # the text form is unchanged: plain aligned columns, no markup
+    assert "<" not in str(table).replace("< 1e-10", "")
 
 
 def test_table_rejects_ragged_rows():
@@ -48,3 +62,23 @@ def test_heatmap_rejects_bad_input():
         attention_heatmap(torch.ones(3), ["a", "b", "c"])
     with pytest.raises(ValueError, match="query_labels"):
         attention_heatmap(torch.ones(2, 2), ["a", "b", "c"])
+
+
+def test_backbone_view_is_deterministic_and_self_contained():
+    bb = geoattn.ubiquitin()
+    view = backbone_view(bb, residues=range(0, len(bb), 4), element_id="v1")
+    again = backbone_view(bb, residues=range(0, len(bb), 4), element_id="v1")
+    page = view._repr_html_()
+    assert page == again._repr_html_()
+    assert 'id="v1"' in page and "<canvas" in page and "src=" not in page  # no script fetched
+    assert repr(view) == ("<3-D view 'v1': Cα trace of 76 residues, 19 frames "
+                          "(x red, y green, z blue); drag to rotate>")
+    with pytest.raises(ValueError, match="element_id"):
+        backbone_view(bb, element_id="1 bad")
+    with pytest.raises(ValueError, match="rotations"):
+        backbone_view(bb, rotations=torch.eye(3).expand(76, 3, 3))
+
+
+def test_book_style_sizes_figures_for_the_column():
+    use_book_style()
+    assert plt.rcParams["figure.dpi"] == 100 and plt.rcParams["figure.figsize"][0] <= 7

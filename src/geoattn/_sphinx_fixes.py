@@ -6,6 +6,10 @@ do) twice: once with the file name ``None`` and once with ``''``, which it then 
 recognise as equal. A duplicated ``const THEBE_JS_URL = ...`` is a JavaScript
 ``SyntaxError`` on every page (``tests/test_browser.py`` checks the console), so each
 page keeps only the first copy of each script.
+
+It also registers the bibliography style ``geoattn_author_year`` (named in ``_config.yml``):
+the reference lists label each entry "Vaswani et al., 2017", as the in-text citations of
+``bibtex_reference_style: author_year`` do, instead of pybtex's "[VSP+17]".
 """
 from __future__ import annotations
 
@@ -29,6 +33,45 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique
 
 
+def _author_year(entry) -> str:
+    """ "Milakov and Gimelshein, 2018", "Vaswani et al., 2017", as sphinxcontrib-bibtex's
+    author_year citations write them (LaTeX in names decoded: "Ł", not "{\\L}")."""
+    from pybtex.richtext import Text
+
+    people = entry.persons.get("author") or entry.persons.get("editor") or []
+    last = [Text.from_latex(" ".join(p.last_names)).render_as("text") for p in people]
+    if not last:
+        names = entry.fields.get("title", entry.key)
+    elif len(last) == 1:
+        names = last[0]
+    elif len(last) == 2:
+        names = f"{last[0]} and {last[1]}"
+    else:
+        names = f"{last[0]} et al."
+    return f"{names}, {entry.fields.get('year', 'n.d.')}"
+
+
+def _register_bibliography_style() -> None:
+    from pybtex.plugin import register_plugin
+    from pybtex.style.formatting.unsrt import Style
+    from pybtex.style.labels import BaseLabelStyle
+
+    class AuthorYearLabels(BaseLabelStyle):
+        def format_labels(self, sorted_entries):
+            for entry in sorted_entries:
+                yield _author_year(entry)
+
+    class AuthorYearStyle(Style):
+        default_label_style = AuthorYearLabels
+        default_sorting_style = "author_year_title"
+
+    register_plugin("pybtex.style.formatting", "geoattn_author_year", AuthorYearStyle, force=True)
+
+
 def setup(app):
     app.connect("html-page-context", _dedupe_scripts)
+    _register_bibliography_style()
+    # Once more when the build starts: pybtex keeps runtime plugins per process, and a
+    # build once failed with "plugin ... not found" though setup() had registered it.
+    app.connect("builder-inited", lambda app: _register_bibliography_style())
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,5 +1,6 @@
-"""Figures and tables that several chapters draw: an annotated attention heatmap, and a
-small table that prints as fixed-width text and renders as HTML.
+"""Figures and tables that several chapters draw: an annotated attention heatmap, a small
+table that prints as fixed-width text and renders as HTML, the book's figure style, and a
+3-D view of a backbone's frames that a reader can rotate in the browser.
 
 The table prints its numbers as text on purpose: nbval compares a cell's text output, so
 a number in a printed table is checked on every CI run, while a rendered image is not.
@@ -7,11 +8,22 @@ a number in a printed table is checked on every CI run, while a rendered image i
 from __future__ import annotations
 
 import html
+import json
+import re
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["attention_heatmap", "Table", "fmt", "plot_backbone_frames"]
+__all__ = ["attention_heatmap", "Table", "fmt", "plot_backbone_frames", "use_book_style", "BackboneView",
+           "backbone_view"]
+
+# Characters of a formatted number, a vector of numbers or a range ("1–18", "96°", "< 1e-10").
+_NUMBER_CHARS = set("0123456789.,+-−eE[]() <>%×°–")
+
+
+def _is_number(cell: str) -> bool:
+    core = re.sub(r"\b(inf|nan)\b", "0", cell.strip())
+    return any(ch.isdigit() for ch in core) and set(core) <= _NUMBER_CHARS
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -52,11 +64,22 @@ class Table:
 
     def _repr_html_(self) -> str:
         # HTML rather than Markdown: the book renders notebook Markdown output as
-        # CommonMark, which has no tables.
+        # CommonMark, which has no tables. Inline styles, so the table reads the same in
+        # Jupyter and Colab as in the book: padding, a rule under the header and at the
+        # end, numbers right-aligned in tabular figures.
         esc = lambda c: html.escape(c, quote=False)  # noqa: E731
-        head = "".join(f"<th>{esc(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        pad = "padding:0.25em 0.75em;"
+        numeric = [all(_is_number(row[i]) or row[i] in ("", "-") for row in self.rows) and
+                   any(_is_number(row[i]) for row in self.rows) for i in range(len(self.header))]
+        align = ["text-align:right;" if n else "text-align:left;" for n in numeric]
+        head = "".join(f'<th style="{pad}{a}border-bottom:1.5px solid currentColor;">{esc(h)}</th>'
+                       for h, a in zip(self.header, align))
+        body = "".join("<tr>" + "".join(f'<td style="{pad}{a}">{esc(c)}</td>' for c, a in zip(row, align))
+                       + "</tr>" for row in self.rows)
+        style = ("border-collapse:collapse;font-variant-numeric:tabular-nums;"
+                 "border-bottom:1.5px solid currentColor;margin:0.5em 0;")
+        return (f'<table class="geoattn-table" style="{style}"><thead><tr>{head}</tr></thead>'
+                f"<tbody>{body}</tbody></table>")
 
 
 def attention_heatmap(weights, query_labels: Sequence[str], key_labels: Sequence[str] | None = None, *,
@@ -133,3 +156,150 @@ def plot_backbone_frames(backbone, rotations=None, translations=None, *, residue
     if title:
         ax.set_title(title)
     return ax
+
+
+def use_book_style() -> None:
+    """The book's figure style: 2× PNG in the notebook (sharp on high-density screens),
+    figures sized for the book's column at 100 dpi, and fonts that stay readable there.
+
+    Call it once per chapter, after importing matplotlib. Outside IPython only the
+    matplotlib settings apply.
+    """
+    import matplotlib as mpl
+
+    mpl.rcParams.update({
+        "figure.dpi": 100, "figure.figsize": (6.4, 4.0), "font.size": 10.5,
+        "axes.titlesize": 11, "axes.labelsize": 10.5, "legend.fontsize": 9,
+        "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "figure.constrained_layout.use": False,
+        # Deterministic SVG, should a figure be saved as SVG.
+        "svg.hashsalt": "geoattn", "svg.fonttype": "path",
+    })
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # plain Python: nothing to configure
+        return
+    if get_ipython() is not None:
+        # "retina": a PNG at twice the resolution, displayed at its nominal size. PNG
+        # rather than SVG because nbval compares SVG text, in which round-off moves paths.
+        set_matplotlib_formats("retina")
+
+
+class BackboneView:
+    """A backbone's Cα trace with its residue frames, as a self-contained HTML canvas that
+    a reader rotates by dragging (mouse or touch). No script is loaded from anywhere: the
+    viewer's JavaScript is written into the HTML, so it works offline, in the built book,
+    in Jupyter and in Colab.
+
+    Its text form (what nbval compares and what a terminal shows) is a one-line summary.
+    The HTML is deterministic: a fixed element id and coordinates rounded to 0.01 Å.
+    """
+
+    def __init__(self, ca, axes, *, names: Sequence[str], element_id: str, axis_length: float,
+                 title: str):
+        self.ca, self.axes, self.names = ca, axes, list(names)
+        self.element_id, self.axis_length, self.title = element_id, axis_length, title
+
+    def __repr__(self) -> str:
+        return (f"<3-D view {self.element_id!r}: Cα trace of {len(self.ca)} residues, "
+                f"{len(self.axes)} frames (x red, y green, z blue); drag to rotate>")
+
+    def _repr_html_(self) -> str:
+        data = {"ca": self.ca, "axes": self.axes, "names": self.names, "len": self.axis_length}
+        payload = json.dumps(data, separators=(",", ":"))
+        eid = html.escape(self.element_id)
+        return _VIEW_TEMPLATE.replace("@ID@", eid).replace("@TITLE@", html.escape(self.title)) \
+                             .replace("@DATA@", payload.replace("</", "<\\/"))
+
+
+def backbone_view(backbone, rotations=None, translations=None, *, residues=None, axis_length: float = 2.5,
+                  element_id: str = "geoattn-backbone-view", title: str = "") -> BackboneView:
+    """A rotatable 3-D view of ``backbone`` (a :class:`geoattn.Backbone`): its Cα trace and,
+    for the residues in ``residues`` (default: all), the frame axes of length ``axis_length`` Å.
+
+    ``element_id`` must be unique on the page; it is fixed (not random) so that the cell's
+    output is the same on every run.
+    """
+    if not isinstance(element_id, str) or not re.fullmatch(r"[A-Za-z][\w-]*", element_id):
+        raise ValueError(f"element_id must be a letter followed by letters, digits, _ or -, got {element_id!r}")
+    if rotations is None or translations is None:
+        if rotations is not None or translations is not None:
+            raise ValueError("rotations and translations must be given together (or neither)")
+        rotations, translations = backbone.frames()
+    ca = backbone.ca.detach().cpu().double()
+    r = torch.as_tensor(rotations).detach().cpu().double()
+    t = torch.as_tensor(translations).detach().cpu().double()
+    if r.shape != (len(ca), 3, 3) or t.shape != (len(ca), 3):
+        raise ValueError(f"rotations/translations must have shapes ({len(ca)}, 3, 3)/({len(ca)}, 3), "
+                         f"got {tuple(r.shape)}/{tuple(t.shape)}")
+    idx = range(len(ca)) if residues is None else [int(i) for i in residues]
+    centre = ca.mean(0)
+    rnd = lambda x: [round(float(v), 2) + 0.0 for v in x]  # noqa: E731  (+0.0: no "-0.0")
+    # Column k of R_i is the frame's k-th axis in global coordinates.
+    axes = [[rnd(t[i] - centre), *(rnd(r[i, :, k]) for k in range(3))] for i in idx]
+    names = [f"{n} {i}" for n, i in zip(backbone.res_names, backbone.res_ids)]
+    return BackboneView([rnd(p) for p in ca - centre], axes, names=names, element_id=element_id,
+                        axis_length=float(axis_length), title=title)
+
+
+# The viewer: orthographic projection on a 2-D canvas, drawn back to front; dragging
+# turns the molecule about the screen's vertical (left-right) and horizontal (up-down) axes.
+_VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5em 0;">
+<canvas id="@ID@" role="img" aria-label="@TITLE@ Drag to rotate."
+ style="width:100%;aspect-ratio:1/1;touch-action:none;cursor:grab;border:1px solid #8884;border-radius:4px;">
+</canvas>
+<div style="font-size:0.85em;opacity:0.8;">Drag to rotate. Cα trace in grey; frame axes
+<span style="color:#d62728">x</span>, <span style="color:#2ca02c">y</span>,
+<span style="color:#1f77b4">z</span> at every drawn residue.</div>
+<script type="application/json" id="@ID@-data">@DATA@</script>
+<script>
+(function () {
+  const canvas = document.getElementById("@ID@");
+  if (!canvas || canvas.dataset.ready) return;
+  canvas.dataset.ready = "1";
+  const d = JSON.parse(document.getElementById("@ID@-data").textContent);
+  let yaw = 0.6, pitch = -0.4, drag = null;
+  const rot = p => {
+    const cy = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(pitch), sp = Math.sin(pitch);
+    const x = cy * p[0] + sy * p[2], z = -sy * p[0] + cy * p[2];
+    return [x, cp * p[1] - sp * z, sp * p[1] + cp * z];
+  };
+  const radius = Math.max(...d.ca.map(p => Math.hypot(p[0], p[1], p[2]))) + d.len;
+  function draw() {
+    const dpr = window.devicePixelRatio || 1, w = canvas.clientWidth || 400;
+    if (canvas.width !== Math.round(w * dpr)) { canvas.width = Math.round(w * dpr); canvas.height = canvas.width; }
+    const ctx = canvas.getContext("2d"), s = canvas.width / (2.0 * radius), c = canvas.width / 2;
+    const xy = p => [c + s * p[0], c - s * p[1]];
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const segs = [];
+    for (let i = 1; i < d.ca.length; i++) segs.push([rot(d.ca[i - 1]), rot(d.ca[i]), "#888", 2.5]);
+    const colors = ["#d62728", "#2ca02c", "#1f77b4"];
+    for (const [o, ...ax] of d.axes) {
+      const a = rot(o);
+      ax.forEach((u, k) => segs.push([a, rot([o[0] + d.len * u[0], o[1] + d.len * u[1],
+                                              o[2] + d.len * u[2]]), colors[k], 2]));
+    }
+    segs.sort((p, q) => (p[0][2] + p[1][2]) - (q[0][2] + q[1][2]));
+    ctx.lineCap = "round";
+    for (const [a, b, color, width] of segs) {
+      ctx.strokeStyle = color; ctx.lineWidth = width * dpr;
+      ctx.beginPath(); ctx.moveTo(...xy(a)); ctx.lineTo(...xy(b)); ctx.stroke();
+    }
+    canvas.dataset.rendered = String(segs.length);
+  }
+  canvas.addEventListener("pointerdown", e => {
+    drag = [e.clientX, e.clientY]; canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointermove", e => {
+    if (!drag) return;
+    yaw += (e.clientX - drag[0]) * 0.01; pitch += (e.clientY - drag[1]) * 0.01;
+    drag = [e.clientX, e.clientY]; draw();
+  });
+  const stop = () => { drag = null; };
+  canvas.addEventListener("pointerup", stop);
+  canvas.addEventListener("pointercancel", stop);
+  window.addEventListener("resize", draw);
+  draw();
+})();
+</script>
+</div>"""
