@@ -20,6 +20,12 @@ from helpers import make_inputs, random_mask
 IMPLS = ["naive", "chunked", "triton"]  # triton runs in its interpreter on a CPU (tests/conftest.py)
 NAMES = ["q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight"]
 KEY_SIDE = (1, 3, 4)  # k_rot, k_dist, v: what a key carries
+# Agreement with naive on fp64 inputs: chunked to fp64 round-off; Triton computes fp64
+# inputs in fp32 (geoattn.triton_kernels' docstring), so it is held to the fp32 bound.
+AGREE = {
+    "chunked": {"out": dict(atol=1e-12, rtol=1e-10), "grad": dict(atol=1e-10, rtol=1e-8)},
+    "triton": {"out": dict(atol=2e-5, rtol=2e-5), "grad": dict(atol=1e-4, rtol=1e-4)},
+}
 SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 1e6])
 
 
@@ -68,10 +74,13 @@ def test_implementations_agree_with_non_finite_values_at_masked_keys(seed, value
     inputs = make_inputs(seed, 2, length, 2)
     key_mask = random_mask(seed + 1, 2, length, p_keep=0.6)
     poisoned = poison(inputs, key_mask, value)
-    (ref, ref_grads), (out, grads) = (run(impl, poisoned, key_mask) for impl in IMPLS)
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
-    for name, g, g_ref in zip(NAMES, grads, ref_grads):
-        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-8, msg=f"gradient of {name}")
+    ref, ref_grads = run("naive", poisoned, key_mask)
+    for impl in IMPLS[1:]:
+        out, grads = run(impl, poisoned, key_mask)
+        tol = AGREE[impl]
+        torch.testing.assert_close(out, ref, **tol["out"], msg=f"{impl}: output")
+        for name, g, g_ref in zip(NAMES, grads, ref_grads):
+            torch.testing.assert_close(g, g_ref, **tol["grad"], msg=f"{impl}: gradient of {name}")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
