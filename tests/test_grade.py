@@ -54,6 +54,12 @@ def graded(tmp_path_factory):
                 'raise NotImplementedError("exercise: write the body of my_softmax() (ex-09-softmax)")',
                 "return torch.softmax(x, dim=0)")
     _write(wrong, subs / "carol" / name)
+    own = make_student_notebook(chapter, name)  # hands in the library's own softmax
+    for cell in own.cells:
+        cell.source = cell.source.replace("geoattn.course.checks.check_softmax(my_softmax)",
+                                          "my_softmax = geoattn.softmax\n"
+                                          "geoattn.course.checks.check_softmax(my_softmax)")
+    _write(own, subs / "gina" / name)
     (subs / "dave").mkdir()
     (subs / "dave" / name).write_text("this is not JSON {")
     forever = _chapter()
@@ -92,7 +98,7 @@ def test_the_report_has_one_row_per_student_and_exercise(graded):
     assert graded["code"] == 0
     keys = [(r["student"], r["exercise"]) for r in graded["rows"]]
     assert len(keys) == len(set(keys))
-    assert {r["student"] for r in graded["rows"]} == {"alice", "bob", "carol", "dave", "erin", "frank"}
+    assert {r["student"] for r in graded["rows"]} == {"alice", "bob", "carol", "dave", "erin", "frank", "gina"}
     assert list(graded["rows"][0]) == ["student", "notebook", "exercise", "check", "status", "detail"]
 
 
@@ -110,6 +116,13 @@ def test_a_wrong_copy_fails_with_the_checks_hint(graded):
     rows = _rows(graded, "carol")
     assert rows["check_softmax"]["status"] == "failed"
     assert "wrong dimension" in rows["check_softmax"]["detail"]
+    assert rows["check_causal_mask"]["status"] == "not attempted"
+
+
+def test_the_librarys_own_function_fails_and_says_so(graded):
+    rows = _rows(graded, "gina")
+    assert rows["check_softmax"]["status"] == "failed"
+    assert "the library's own geoattn." in rows["check_softmax"]["detail"]
     assert rows["check_causal_mask"]["status"] == "not attempted"
 
 

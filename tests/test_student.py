@@ -506,6 +506,86 @@ def test_bibtex_parser_reads_the_books_bibliography():
     assert bib["dao2022flashattention"]["title"].startswith("{FlashAttention}")
 
 
+BIB = {
+    "vaswani2017attention": {"author": "Vaswani, Ashish and Shazeer, Noam and Parmar, Niki",
+                             "title": "Attention Is All You Need", "booktitle": "Advances in {NeurIPS}",
+                             "volume": "30", "year": "2017", "@type": "inproceedings"},
+    "milakov2018online": {"author": "Maxim Milakov and Natalia Gimelshein", "title": "Online normalizer",
+                          "journal": "arXiv preprint arXiv:1805.02867", "year": "2018", "@type": "article"},
+    "kaiser2020x": {"author": r"Kaiser, {\L}ukasz", "title": r'A {\AA}ngstr{\"o}m--scale study?',
+                    "journal": "J", "volume": "5", "number": "2", "pages": "1--9", "year": "2020",
+                    "doi": "10.1000/xyz(1)", "@type": "article"},
+    "sengar2025appendix": {"author": "Sengar, Aditya", "title": "Appendix", "year": "2025",
+                           "url": "https://example.org/a", "note": "See ``A Deeper Look''", "@type": "misc"},
+}
+
+
+def _references(nb, **kwargs) -> list[str]:
+    out = make_student_notebook(nb, "book/03_refs.ipynb", bib=BIB, **kwargs)
+    text = _all_source(out)
+    assert not student.MYST_SYNTAX.search(text) and ":filter:" not in text
+    return [line for line in text.splitlines() if line.startswith("- ")]
+
+
+@pytest.mark.parametrize("fence", ["```", ":::", "::::"])
+@pytest.mark.parametrize("options", ["", ":filter: docname in docnames\n", ":filter: docname in docnames\n:style: x\n"])
+def test_a_bibliography_becomes_the_list_of_the_works_cited(fence, options):
+    nb = new_notebook(cells=[
+        new_markdown_cell("As {cite:t}`vaswani2017attention` show {cite:p}`kaiser2020x`."),
+        *_exercise("ex-r-a", f"def f_a(x):\n    {BEGIN}\n    return x\n    {END}\n"),
+        new_markdown_cell(f"## References\n\n{fence}{{bibliography}}\n{options}{fence}\n\nThe end."),
+        # Cited after the list, and so still in it, as in the book.
+        new_markdown_cell("A last word {cite:p}`milakov2018online`."),
+    ])
+    assert _references(nb) == [
+        "- Kaiser, Ł. (2020). A Ångström–scale study? *J*, 5(2), 1–9. <https://doi.org/10.1000/xyz(1)>",
+        "- Milakov, M. and Gimelshein, N. (2018). Online normalizer. *arXiv preprint arXiv:1805.02867*.",
+        "- Vaswani, A. et al. (2017). Attention Is All You Need. In *Advances in NeurIPS*, 30.",
+    ]
+
+
+def test_a_bibliography_leaves_out_what_only_a_solution_cites_and_reads_its_options():
+    solution = [new_markdown_cell(":::{solution-start} ex-r-a\n:class: dropdown\n:::"),
+                new_markdown_cell("As {cite:p}`sengar2025appendix` says."),
+                new_markdown_cell(":::{solution-end}\n:::")]
+    cells = [new_markdown_cell(":::{exercise} A\n:label: ex-r-a\n\nWhy? {cite:p}`milakov2018online`\n:::"),
+             *solution]
+    bibliography = ":::{bibliography}\n%s\n:::"
+    listed = lambda opts: _references(new_notebook(cells=[*cells, new_markdown_cell(bibliography % opts)]))  # noqa: E731
+    assert [r[:9] for r in listed(":filter: docname in docnames")] == ["- Milakov"]
+    assert [r[:9] for r in listed(":cited:")] == ["- Milakov"]
+    assert [r[:9] for r in listed(":all:")] == ["- Kaiser,", "- Milakov", "- Sengar,", "- Vaswani"]
+    assert [r[:9] for r in listed(':filter: type == "article" and not cited')] == ["- Kaiser,"]
+    assert [r[:9] for r in listed(':filter: author % "Sengar" or key in {"kaiser2020x"}')] == [
+        "- Kaiser,", "- Sengar,"]
+    assert listed(":all:")[2] == ('- Sengar, A. (2025). Appendix. See “A Deeper Look”. '
+                                  "<https://example.org/a>")
+    with pytest.raises(ValueError, match=r"cell 4: the bibliography filter .* uses Call"):
+        listed(":filter: __import__('os').system('true')")
+
+
+def test_a_doc_link_to_a_page_without_a_student_copy_becomes_plain_text():
+    nb = new_notebook(cells=[new_markdown_cell("See {doc}`the intro <intro>` and {doc}`chapter 2 <02_b>`.")])
+    md = make_student_notebook(nb, "book/01_a.ipynb", notebooks=["01_a", "02_b"]).cells[0].source
+    assert md == "See the intro and [chapter 2](02_b.ipynb)."
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_student_copy_lists_the_works_its_chapter_cites(generated, chapter):
+    from geoattn.course._myst import cited_keys, format_reference, parse_bibtex
+
+    original = nbformat.read(BOOK / chapter, as_version=4)
+    if not re.search(r"^(`{3,}|:{3,})\{bibliography\}", _all_source(original), re.M):
+        pytest.skip(f"{chapter} has no reference list")
+    bib = parse_bibtex((BOOK / "references.bib").read_text())
+    copy = _all_source(nbformat.read(generated / chapter, as_version=4))
+    listed = [line[2:] for line in copy.splitlines() if line.startswith("- ") and line[2:] in
+              {format_reference(k, e) for k, e in bib.items()}]
+    kept = [c.source for c in original.cells if c.cell_type == "markdown"]
+    assert sorted(listed) == sorted(format_reference(k, bib[k]) for k in cited_keys(kept)), (
+        f"{chapter}: the reference list of the student copy is not the works the chapter cites")
+
+
 # -------------------------------------------------------- writing never loses data (#10)
 
 def _book(tmp_path) -> tuple[Path, Path]:
@@ -684,6 +764,12 @@ def test_executed_student_copies_print_no_library_answer(executed):
         printed = _all_outputs(executed[chapter])
         leaked = {line for obj in objs for line in _answer_lines(obj) if line in printed}
         assert not leaked, f"{chapter} prints the answer to {label}: {sorted(leaked)}"
+    # Nor any line of the chapter's own solutions (those that occur only there).
+    for chapter in CHAPTERS:
+        original = nbformat.read(BOOK / chapter, as_version=4)
+        secret = {line for line in _solution_lines(original) - _non_solution_lines(original) if len(line) >= 12}
+        printed = {line.strip() for line in _all_outputs(executed[chapter]).splitlines()}
+        assert not secret & printed, f"{chapter} prints solution lines: {sorted(secret & printed)}"
     # ... while the chapters themselves do show that code (so the test can see a leak).
     ch1 = nbformat.read(BOOK / CHAPTERS[0], as_version=4)
     assert _answer_lines(_solving_objects()["ex-01-softmax"][0]) & set(

@@ -1,20 +1,24 @@
 """MyST-only markdown turned into plain Markdown, for student copies read in Jupyter and Colab.
 
 The book's markdown cells use a few MyST constructs that only Sphinx renders: directives
-(``:::{exercise}``, ``:::{note}``), roles (``{cite:p}``, ``{doc}``, ``{ref}``) and targets
-(``(label)=``). Jupyter and Colab show them as raw text, so a student copy rewrites each
-one into what it means in plain Markdown. Anything this module does not know raises a
-``ValueError``: a construct that is silently left in would show as literal syntax.
+(``:::{exercise}``, ``:::{note}``, ``:::{bibliography}``), roles (``{cite:p}``, ``{doc}``,
+``{ref}``) and targets (``(label)=``). Jupyter and Colab show them as raw text, so a student
+copy rewrites each one into what it means in plain Markdown: an exercise becomes a bold
+"Exercise 4.2" heading, a citation "(Author, year)", a note a quoted paragraph, and a
+bibliography the list of the works that the notebook cites, formatted from the BibTeX file.
+Anything this module does not know raises a ``ValueError``: a construct that is silently
+left in would show as literal syntax.
 
 No dependency beyond the standard library: ``import geoattn.course.student`` stays cheap.
 """
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
 from pathlib import Path
 
-__all__ = ["MystConverter", "parse_bibtex", "MYST_SYNTAX"]
+__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX"]
 
 # A directive's opening fence: three or more backticks or colons, then {name}.
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
@@ -22,6 +26,8 @@ _OPTION = re.compile(r"^[ \t]*:(?P<key>[\w-]+):[ \t]*(?P<value>.*)$")
 _ROLE = re.compile(r"\{(?P<name>[\w:.-]+)\}`(?P<text>[^`]*)`")
 _TITLED = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$", re.S)
 _TARGET = re.compile(r"^\((?P<label>[^)\s]+)\)=[ \t]*$")
+_CITE_ROLES = ("cite", "cite:p", "cite:ps", "cite:t", "cite:ts")
+ENTRY_TYPE = "@type"  # parse_bibtex's key for an entry's type: not a possible field name
 
 # What a test looks for in a student copy: any leftover directive fence, role or target.
 MYST_SYNTAX = re.compile(r"^[ \t]*(`{3,}|:{3,})\{|\{[\w:.-]+\}`|^\([^)\s]+\)=[ \t]*$", re.M)
@@ -65,7 +71,9 @@ def parse_bibtex(text: str, source: str = "references.bib") -> dict[str, dict[st
     """Entries of a BibTeX file as ``{key: {field: value}}`` (field names lower case).
 
     A small parser for the book's own file: ``@type{key, field = {value} or "value" or
-    number, ...}`` with nested braces. ``source`` names the file in error messages.
+    number, ...}`` with nested braces. ``source`` names the file in error messages. The
+    entry's type (``article``) is kept under the key :data:`ENTRY_TYPE`, which no BibTeX
+    field can be named.
     """
     entries: dict[str, dict[str, str]] = {}
     for match in re.finditer(r"@(\w+)\s*\{", text):
@@ -88,6 +96,7 @@ def parse_bibtex(text: str, source: str = "references.bib") -> dict[str, dict[st
             if value[:1] in "{\"" and value[-1:] in "}\"":
                 value = value[1:-1]
             fields[name.strip().lower()] = " ".join(value.split())
+        fields[ENTRY_TYPE] = match.group(1).lower()
         entries[key.strip()] = fields
     return entries
 
@@ -116,19 +125,146 @@ def _author_text(entry: dict[str, str], key: str) -> str:
     return f"{names[0]} et al."
 
 
+def cited_keys(sources) -> list[str]:
+    """The citation keys of the ``{cite:...}`` roles in ``sources`` (markdown texts), in first-cited order."""
+    keys: list[str] = []
+    for source in sources:
+        for match in _ROLE.finditer(source):
+            if match.group("name") in _CITE_ROLES:
+                keys += [k for k in (k.strip() for k in match.group("text").split(",")) if k and k not in keys]
+    return keys
+
+
+def _field_text(s: str) -> str:
+    """A BibTeX field as plain text: accents decoded, braces gone, TeX dashes and quotes typeset."""
+    s = s.replace("---", "\u2014").replace("--", "\u2013").replace("``", "\u201c").replace("''", "\u201d")
+    return re.sub(r"(?<!\\)~", " ", _latex_to_text(s))
+
+
+def _person(person: str) -> str:
+    """ "Vaswani, Ashish" or "Ashish Vaswani" as "Vaswani, A."; "de Haas, R. J." stays "de Haas, R. J."."""
+    person = " ".join(person.split())
+    if "," in person:
+        parts = [p.strip() for p in _split_top(person, ",")]
+        last, given = parts[0], parts[-1] if len(parts) > 1 else ""
+    else:
+        words = _split_top(person, " ")
+        last, given = words[-1], " ".join(words[:-1])
+    last, given = _latex_to_text(last), _latex_to_text(given)
+    initials = " ".join("-".join(f"{part[0]}." for part in word.split("-") if part)
+                        for word in given.split() if word[:1].isalpha())
+    return f"{last}, {initials}" if initials else last
+
+
+def _people_text(entry: dict[str, str], key: str) -> str:
+    people = _split_top(entry.get("author") or entry.get("editor") or "", " and ")
+    people = [p.strip() for p in people if p.strip()]
+    if not people or people[0] == "others":
+        raise ValueError(f"reference {key!r}: the entry has no author")
+    if len(people) == 1:
+        return _person(people[0])
+    if len(people) == 2 and people[1] != "others":
+        return f"{_person(people[0])} and {_person(people[1])}"
+    return f"{_person(people[0])} et al."
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text[-1] in ".?!" else text + "."
+
+
+def format_reference(key: str, entry: dict[str, str]) -> str:
+    """One reference-list entry in plain Markdown, e.g. "Vaswani, A. et al. (2017). Attention Is
+    All You Need. In *Advances in Neural Information Processing Systems*, 30." followed by the
+    entry's DOI (as a https://doi.org link) or URL when it has one."""
+    parts = [f"{_people_text(entry, key)} ({entry.get('year', 'n.d.')}).",
+             _sentence(_field_text(entry.get("title", key)))]
+    venue = entry.get("journal") or entry.get("booktitle")
+    if venue:
+        where = [f"*{_field_text(venue)}*"]
+        volume = entry.get("volume")
+        if volume:
+            where.append(volume + (f"({entry['number']})" if entry.get("number") else ""))
+        if entry.get("pages"):
+            where.append(_field_text(entry["pages"]))
+        parts.append(("In " if "journal" not in entry else "") + _sentence(", ".join(where)))
+    for field in ("howpublished", "publisher", "note"):
+        if entry.get(field):
+            parts.append(_sentence(_field_text(entry[field])))
+    if entry.get("doi"):
+        doi = entry["doi"].strip().removeprefix("https://doi.org/")
+        parts.append(f"<https://doi.org/{doi}>")
+    elif entry.get("url"):
+        parts.append(f"<{entry['url'].strip()}>")
+    return " ".join(parts)
+
+
+_COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
+            ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
+            ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b}
+
+
+def _filter_value(node, names: dict, expr: str, where: str):
+    """Evaluate a sphinxcontrib-bibtex ``:filter:`` expression: names, strings, sets, ``and``,
+    ``or``, ``not``, comparisons and ``%`` (a regular-expression search). Nothing is executed."""
+    ev = lambda n: _filter_value(n, names, expr, where)  # noqa: E731
+    if isinstance(node, ast.Expression):
+        return ev(node.body)
+    if isinstance(node, ast.BoolOp):
+        values = (ev(v) for v in node.values)
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not ev(node.operand)
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        left = ev(node.left)
+        for op, right in zip(node.ops, node.comparators):
+            right = ev(right)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        return re.search(str(ev(node.right)), str(ev(node.left))) is not None
+    if isinstance(node, ast.Name):
+        return names.get(node.id.lower(), "")
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, bool, int)):
+        return node.value
+    if isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+        return {ev(e) for e in node.elts}
+    raise ValueError(f"{where}: the bibliography filter {expr!r} uses {type(node).__name__}, "
+                     "which student copies do not evaluate")
+
+
 class MystConverter:
     """Rewrites the MyST-only constructs of one markdown cell as plain Markdown.
 
     ``bib`` maps citation keys to BibTeX fields (see :func:`parse_bibtex`); ``chapter`` is
     the chapter number that prefixes exercise numbers ("Exercise 4.2"). Exercises are
     numbered in the order :meth:`convert` meets them, as the book numbers them.
+
+    A ``{bibliography}`` directive lists the works its filter selects (by default, and with
+    the book's ``:filter: docname in docnames``, those cited in this notebook). ``cited``
+    names the keys the whole notebook cites (see :func:`cited_keys`), so that a list placed
+    before a citation still holds it; without it, the list holds what was cited so far.
+    ``docname`` is the notebook's name in filters. The copy sees one notebook, so ``cited``
+    in a filter means "cited in this notebook" too.
+
+    ``{doc}`` becomes a link to the page's notebook (``[title](04_x.ipynb)``, which opens
+    beside the copy in Jupyter and on Colab); when ``notebooks`` names the documents that
+    have a student copy, a page outside it (the introduction, a Markdown page) becomes
+    its title alone, since a link there would lead nowhere.
     """
 
-    def __init__(self, bib: dict[str, dict[str, str]] | None = None, chapter: int | None = None):
+    def __init__(self, bib: dict[str, dict[str, str]] | None = None, chapter: int | None = None,
+                 cited: list[str] | None = None, docname: str = "", notebooks=None):
+        self.notebooks = set(notebooks) if notebooks is not None else None
         self.bib = bib or {}
         self.chapter = chapter
+        self.cited = list(cited) if cited is not None else None
+        self.docname = docname
         self.exercises: dict[str, str] = {}  # label -> "Exercise 4.2"
         self._count = 0
+        self._seen: list[str] = []  # keys cited so far, in order
 
     # ------------------------------------------------------------------- roles
 
@@ -138,6 +274,8 @@ class MystConverter:
             entry = self.bib.get(key)
             if entry is None:
                 raise ValueError(f"{where}: citation {key!r} is not in the bibliography")
+            if key not in self._seen:
+                self._seen.append(key)
             year = entry.get("year", "n.d.")
             who = _author_text(entry, key)
             parts.append(f"{who} ({year})" if textual else f"{who}, {year}")
@@ -153,8 +291,11 @@ class MystConverter:
             return self._cite(text, textual=True, where=where)
         if name == "doc":
             path = target.strip()
+            text = title or Path(path).name
+            if self.notebooks is not None and Path(path).stem not in self.notebooks:
+                return text  # a page of the book with no student copy: a link would lead nowhere
             link = path if path.endswith((".ipynb", ".md")) else f"{path}.ipynb"
-            return f"[{title or Path(path).name}]({link})"
+            return f"[{text}]({link})"
         if name in ("ref", "numref"):
             # Targets become anchors (see _lines), so a reference within the page still links.
             text = title or self.exercises.get(target, target)
@@ -196,6 +337,39 @@ class MystConverter:
         quoted = [f"> **{title}.**", ">"] + [f"> {line}" if line.strip() else ">" for line in body]
         return quoted
 
+    def _bibliography(self, options: dict[str, str], where: str) -> list[str]:
+        cited = self.cited if self.cited is not None else self._seen
+        missing = [key for key in cited if key not in self.bib]
+        if missing:
+            raise ValueError(f"{where}: citation {missing[0]!r} is not in the bibliography")
+        if "all" in options:
+            expr = "True"
+        else:
+            exprs = ["cited"] * ("cited" in options) + ["not cited"] * ("notcited" in options)
+            exprs += [f"({options['filter']})"] if options.get("filter") else []
+            expr = " or ".join(exprs) or "cited"
+        try:
+            tree = ast.parse(expr, mode="eval")
+        except SyntaxError:
+            raise ValueError(f"{where}: the bibliography filter {options.get('filter')!r} is not "
+                             "an expression") from None
+        chosen = []
+        for key, entry in self.bib.items():
+            names = {k: _field_text(v) for k, v in entry.items() if k != ENTRY_TYPE}
+            names.update(key=key, type=entry.get(ENTRY_TYPE, ""), cited=key in cited, docname=self.docname,
+                         docnames={self.docname} if key in cited else set(),
+                         cited_docnames={self.docname} if key in cited else set())
+            if _filter_value(tree, names, options.get("filter", expr), where):
+                chosen.append(key)
+
+        def order(key):  # as the book sorts its lists: author, year, title
+            entry = self.bib[key]
+            return (_people_text(entry, key).lower(), entry.get("year", ""), entry.get("title", "").lower())
+
+        if not chosen:
+            return ["*No work is cited here.*"]
+        return [f"- {format_reference(key, self.bib[key])}" for key in sorted(chosen, key=order)]
+
     def _directive(self, name: str, arg: str, lines: list[str], where: str) -> list[str]:
         options: dict[str, str] = {}
         while lines and _OPTION.match(lines[0]):
@@ -213,6 +387,8 @@ class MystConverter:
             return self._admonition(lowered, self._roles(arg, where), body)
         if lowered in ("math",):
             return ["$$", *lines, "$$"]
+        if lowered == "bibliography":
+            return self._bibliography(options, where)
         raise ValueError(f"{where}: the MyST directive {{{name}}} has no plain-Markdown form in student copies")
 
     def _lines(self, lines: list[str], where: str) -> list[str]:

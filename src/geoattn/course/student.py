@@ -25,7 +25,8 @@ NotImplementedError`` at the same indentation. A solution block with no code cel
 conceptual exercise: its place gets an empty "Your answer:" cell. A code cell tagged
 ``solution-source`` (a ``show_source`` of the library code that solves an exercise) becomes
 a note. Markdown cells lose every MyST-only construct (see :mod:`geoattn.course._myst`):
-exercises, citations, cross-references and notes become plain Markdown. Outputs, execution
+exercises, citations, cross-references and notes become plain Markdown, and a
+``{bibliography}`` the list of the works the copy cites. Outputs, execution
 counts and any metadata that is not plainly harmless are dropped.
 
 Anything ambiguous raises a ``ValueError`` naming the notebook and the cell, because a silent
@@ -50,7 +51,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._myst import MYST_SYNTAX, MystConverter, parse_bibtex
+from ._myst import MYST_SYNTAX, MystConverter, cited_keys, parse_bibtex
 
 __all__ = ["BEGIN", "END", "SOLUTION_SOURCE_TAG", "make_student_notebook", "write_student_notebooks"]
 
@@ -158,18 +159,21 @@ def _new_markdown(source: str, cell_id: str):
     return cell
 
 
-def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None, chapter: int | None = None):
+def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None, chapter: int | None = None,
+                          notebooks=None):
     """Return the student copy of the chapter notebook ``nb`` (an nbformat v4 node); ``nb`` is not changed.
 
     ``name`` is used in error messages, and its leading number (``04_x.ipynb``) numbers the
     exercises unless ``chapter`` is given. ``bib`` holds the bibliography that citations
-    are resolved from (see :func:`geoattn.course._myst.parse_bibtex`).
+    and reference lists are resolved from (see :func:`geoattn.course._myst.parse_bibtex`).
+    ``notebooks``, if given, names (without ``.ipynb``) the chapters that get a copy beside
+    this one: a ``{doc}`` link to any other page becomes plain text.
     """
     from nbformat import NotebookNode
 
     student = copy.deepcopy(nb)
-    converter = MystConverter(bib, chapter if chapter is not None else _chapter_number(name))
     cells = []
+    markdown = []  # (cell, source, where): converted once every kept cell is known
     open_label: str | None = None  # the exercise whose solution block we are inside
     open_at, open_has_code = -1, False
     for index, cell in enumerate(student.cells):
@@ -208,7 +212,7 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
                 raise ValueError(f"{where}: a solution marker in a {cell_type} cell; markers belong in "
                                  "code cells, around the solution's code")
             if cell_type == "markdown":
-                cell.source = converter.convert(src, where)
+                markdown.append((cell, src, where))
                 cell.pop("outputs", None)
         else:
             tags = cell.get("metadata", {}).get("tags", [])
@@ -229,6 +233,13 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
         cells.append(cell)
     if open_label is not None:
         raise ValueError(f"{_where(name, open_at)}: solution-start for {open_label} has no solution-end")
+    # A reference list holds the works that the copy's own text cites (solutions are gone),
+    # wherever in the notebook they are cited; exercises are numbered in order.
+    converter = MystConverter(bib, chapter if chapter is not None else _chapter_number(name),
+                              cited=cited_keys(src for _, src, _ in markdown), docname=Path(name).stem,
+                              notebooks=notebooks)
+    for cell, src, where in markdown:
+        cell.source = converter.convert(src, where)
     student.metadata = NotebookNode(_clean_metadata(student.metadata, _NOTEBOOK_METADATA, f"{name}, metadata"))
     student.cells = cells
     return student
@@ -320,7 +331,8 @@ def write_student_notebooks(src_dir: str | Path, out_dir: str | Path, *, force: 
     copies = []
     for path in sources:
         nb = read_notebook(path)
-        copies.append((out_dir / path.name, _with_notice(make_student_notebook(nb, name=str(path), bib=bib))))
+        student = make_student_notebook(nb, name=str(path), bib=bib, notebooks=[s.stem for s in sources])
+        copies.append((out_dir / path.name, _with_notice(student)))
     for dest, _ in copies:
         if not (dest.exists() or dest.is_symlink()):
             continue
