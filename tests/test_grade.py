@@ -2,7 +2,9 @@
 temporary folder, under a time limit, and ends in one row per exercise, whatever it does."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import tempfile
 from pathlib import Path
 
@@ -81,13 +83,16 @@ def graded(tmp_path_factory):
     out = root / "report.csv"
     saved = tempfile.tempdir
     tempfile.tempdir = str(tmp)  # the grader's temporary folders go here, to check they are removed
+    printed = io.StringIO()
     try:
-        code = grade.main([str(subs), "--out", str(out), "--timeout", "60"])
+        with contextlib.redirect_stdout(printed):
+            code = grade.main([str(subs), "--out", str(out), "--timeout", "60"])
     finally:
         tempfile.tempdir = saved
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    return {"code": code, "rows": rows, "sentinel": sentinel, "tmp": tmp, "subs": subs}
+    return {"code": code, "rows": rows, "sentinel": sentinel, "tmp": tmp, "subs": subs,
+            "printed": printed.getvalue()}
 
 
 def _rows(graded, student):
@@ -143,6 +148,16 @@ def test_a_file_deleting_notebook_stays_in_its_temporary_folder(graded):
     assert graded["sentinel"].read_text() == "the teacher's file"
     assert (graded["subs"] / "frank.ipynb").is_file()
     assert not list(graded["tmp"].iterdir()), "every temporary folder is removed"
+
+
+def test_the_command_prints_the_summary_of_the_report(graded):
+    lines = graded["printed"].splitlines()
+    assert lines[0].split()[:2] == ["student", "passed"]
+    table = {line.split()[0]: line.split()[1:] for line in lines[2:] if line.strip()}
+    for name in {r["student"] for r in graded["rows"]}:
+        assert int(table[name][-1]) == sum(r["student"] == name for r in graded["rows"])
+    assert table["all"][-1] == str(len(graded["rows"]))
+    assert lines[-1].startswith("report: ") and f"({len(graded['rows'])} rows)" in lines[-1]
 
 
 def test_the_summary_counts_every_status():

@@ -581,7 +581,12 @@ def test_student_copy_lists_the_works_its_chapter_cites(generated, chapter):
     copy = _all_source(nbformat.read(generated / chapter, as_version=4))
     listed = [line[2:] for line in copy.splitlines() if line.startswith("- ") and line[2:] in
               {format_reference(k, e) for k, e in bib.items()}]
-    kept = [c.source for c in original.cells if c.cell_type == "markdown"]
+    kept, block = [], False  # the markdown the copy keeps: solutions cite nothing for it
+    for cell in original.cells:
+        if SOLUTION_START.search(cell.source) or SOLUTION_END.search(cell.source):
+            block = bool(SOLUTION_START.search(cell.source))
+        elif cell.cell_type == "markdown" and not block and not SOLUTION.search(cell.source):
+            kept.append(cell.source)
     assert sorted(listed) == sorted(format_reference(k, bib[k]) for k in cited_keys(kept)), (
         f"{chapter}: the reference list of the student copy is not the works the chapter cites")
 
