@@ -564,6 +564,14 @@ def test_a_bibliography_leaves_out_what_only_a_solution_cites_and_reads_its_opti
         listed(":filter: __import__('os').system('true')")
 
 
+def test_a_ref_to_a_later_exercise_reads_its_number():
+    nb = new_notebook(cells=[new_markdown_cell("Try {ref}`ex-09-b` first."),
+                             new_markdown_cell(":::{exercise} A\n:label: ex-09-a\n\nA.\n:::"),
+                             new_markdown_cell(":::{exercise} B\n:label: ex-09-b\n\nB.\n:::")])
+    out = make_student_notebook(nb, "book/09_x.ipynb")
+    assert out.cells[0].source == "Try [Exercise 9.2](#ex-09-b) first."
+
+
 def test_a_doc_link_to_a_page_without_a_student_copy_becomes_plain_text():
     nb = new_notebook(cells=[new_markdown_cell("See {doc}`the intro <intro>` and {doc}`chapter 2 <02_b>`.")])
     md = make_student_notebook(nb, "book/01_a.ipynb", notebooks=["01_a", "02_b"]).cells[0].source

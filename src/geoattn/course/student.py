@@ -235,9 +235,16 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
         raise ValueError(f"{_where(name, open_at)}: solution-start for {open_label} has no solution-end")
     # A reference list holds the works that the copy's own text cites (solutions are gone),
     # wherever in the notebook they are cited; exercises are numbered in order.
-    converter = MystConverter(bib, chapter if chapter is not None else _chapter_number(name),
-                              cited=cited_keys(src for _, src, _ in markdown), docname=Path(name).stem,
-                              notebooks=notebooks)
+    def new_converter():
+        return MystConverter(bib, chapter if chapter is not None else _chapter_number(name),
+                             cited=cited_keys(src for _, src, _ in markdown), docname=Path(name).stem,
+                             notebooks=notebooks)
+
+    numbering = new_converter()  # a first pass numbers the exercises, so that a {ref} to a
+    for _, src, where in markdown:  # later one still reads "Exercise 4.2"
+        numbering.convert(src, where)
+    converter = new_converter()
+    converter.exercises.update(numbering.exercises)
     for cell, src, where in markdown:
         cell.source = converter.convert(src, where)
     student.metadata = NotebookNode(_clean_metadata(student.metadata, _NOTEBOOK_METADATA, f"{name}, metadata"))
