@@ -160,6 +160,39 @@ def test_the_search_index_holds_no_solution_text(html_dir):  # noqa: F811
                           "could not tell whether they leak into the search index")
 
 
+SUMMARY_TEXT_JS = r"""async (name) => {
+  const html = await (await fetch(name + '.html')).text();
+  const doc = new DOMParser().parseFromString(html, 'text/html');
+  const squash = (t) => t.replace(/\s+/g, ' ').trim();
+  const solutions = [...doc.querySelectorAll('.solution')].map(el => squash([...el.children]
+    .filter(c => !c.matches('.admonition-title, button, .toggle-button')).map(c => c.textContent).join(' ')));
+  return {patched: !!Search._courseNoSolutions, solutions,
+          quoted: squash(Search.htmlToText(html, '')),
+          unpatched: squash(Search._courseHtmlToTextWithSolutions(html, ''))};
+}"""
+
+
+def test_search_summaries_quote_no_solution(browser, server):  # noqa: F811
+    """The search page quotes ~240 characters of each page it finds, taken from
+    ``Search.htmlToText``; on this book that text leaves the solutions out."""
+    page = browser.new_page()
+    try:
+        page.goto(server + "search.html?q=attention", wait_until="load", timeout=60_000)
+        for page_name in CHAPTERS:
+            got = page.evaluate(SUMMARY_TEXT_JS, page_name)
+            assert got["patched"], "course-print.js did not patch the search page's htmlToText"
+            solutions = [s[:60] for s in got["solutions"] if len(s) >= 20]
+            assert solutions, f"{page_name}: no solution found in the page"
+            # The page's text with solutions holds them (so the test can see a leak) ...
+            assert all(s in got["unpatched"] for s in solutions)
+            # ... and the text the summaries quote from does not.
+            leaked = [s for s in solutions if s in got["quoted"]]
+            assert not leaked, f"{page_name}: search summaries can quote solutions: {leaked}"
+            assert "Exercise" in got["quoted"]
+    finally:
+        page.close()
+
+
 @pytest.mark.parametrize("page_name", CHAPTERS)
 def test_exercises_are_numbered_per_chapter(html_dir, page_name):  # noqa: F811
     """Chapter 4's exercises read "Exercise 4.1", "Exercise 4.2", ..., not a count through the book."""
