@@ -131,7 +131,9 @@ def cited_keys(sources) -> list[str]:
     for source in sources:
         for match in _ROLE.finditer(source):
             if match.group("name") in _CITE_ROLES:
-                keys += [k for k in (k.strip() for k in match.group("text").split(",")) if k and k not in keys]
+                for key in (k.strip() for k in match.group("text").split(",")):
+                    if key and key not in keys:
+                        keys.append(key)
     return keys
 
 
