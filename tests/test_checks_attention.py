@@ -43,7 +43,8 @@ def test_passing_message_reads_as_a_pass():
 
 @pytest.mark.parametrize("check", [checks.check_softmax, checks.check_scaled_dot_product,
                                    checks.check_split_heads, checks.check_merge_heads,
-                                   checks.check_causal_mask])
+                                   checks.check_causal_mask, checks.check_rope,
+                                   checks.check_attention_cost])
 def test_unimplemented_stub_says_so(check):
     result = check(_not_implemented)
     assert not result and "not implemented" in result.message
@@ -101,6 +102,77 @@ def test_causal_mask_names_the_mistake(wrong, cause):
     assert not result and cause in result.message
 
 
+# ------------------------------------------------ chapter 2: RoPE and the cost of attention
+
+def _rope_complex(x, positions, sign=1.0, freq_power=2.0):
+    """RoPE written with complex numbers: pair (a, b) is a + ib, multiplied by e^{i p theta}."""
+    d = x.shape[-1]
+    theta = 10000.0 ** (-freq_power * torch.arange(d // 2, dtype=torch.float64) / d)
+    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    turn = torch.polar(torch.ones_like(theta), sign * positions.double()[..., None] * theta)
+    return torch.view_as_real(z * turn).reshape(x.shape).to(x.dtype)
+
+
+def _rope_half(x, p):
+    """RoPE in the "rotate half" layout (coordinate i paired with i + d/2), as in ESM's code."""
+    d = x.shape[-1]
+    a, b = x.double()[..., : d // 2], x.double()[..., d // 2:]
+    angle = p.double()[..., None] * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    cos, sin = angle.cos(), angle.sin()
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), -1).to(x.dtype)
+
+
+def test_rope_accepts_a_complex_number_implementation():
+    result = checks.check_rope(_rope_complex)
+    assert result, result.message
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (lambda x, p: _rope_complex(x, p, sign=-1.0), "wrong way"),
+    (lambda x, p: _rope_complex(x, p, freq_power=1.0), "note the 2"),
+    (lambda x, p: _rope_complex(x, p, freq_power=0.0), "same frequency"),
+    (lambda x, p: _rope_complex(x, torch.arange(x.shape[-2])), "positions passed in"),
+    (lambda x, p: _rope_half(x, p), "rotate half"),
+])
+def test_rope_names_the_slip(wrong, cause):
+    result = checks.check_rope(wrong)
+    assert not result and cause in result.message, result.message
+
+
+def test_rope_without_pairing_is_named():
+    def no_pairs(x, p):
+        d = x.shape[-1]
+        angle = p.double()[..., None] * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        angle = angle.repeat_interleave(2, -1)
+        return (x.double() * angle.cos() + x.double() * angle.sin()).to(x.dtype)
+    result = checks.check_rope(no_pairs)
+    assert not result and "own 2-D plane" in result.message
+
+
+def _cost(b, h, lq, lk, d, dtype):
+    d_head = d // h
+    per_head = 2 * lq * lk * d_head + 2 * lq * lk * d_head  # S = Q K^T, then P V
+    return b * h * per_head, b * h * lq * lk * torch.empty((), dtype=dtype).element_size()
+
+
+def test_attention_cost_accepts_a_direct_count():
+    result = checks.check_attention_cost(_cost)
+    assert result, result.message
+
+
+@pytest.mark.parametrize("wrong, cause", [
+    (lambda b, h, lq, lk, d, t: (4 * b * h * lq * lk * d, _cost(b, h, lq, lk, d, t)[1]), "do not grow with H"),
+    (lambda b, h, lq, lk, d, t: (2 * b * lq * lk * d, _cost(b, h, lq, lk, d, t)[1]), "both products"),
+    (lambda b, h, lq, lk, d, t: (_cost(b, h, lq, lk, d, t)[0], b * lq * lk * t.itemsize), "H-fold"),
+    (lambda b, h, lq, lk, d, t: (_cost(b, h, lq, lk, d, t)[0], b * h * lq * lk), "number of entries"),
+    (lambda b, h, lq, lk, d, t: (_cost(b, h, lq, lk, d, t)[0], 4 * b * h * lq * lk), "not always 4"),
+    (lambda b, h, lq, lk, d, t: (_cost(b, h, lq, lk, d, t)[0], b * h * lq * lq * t.itemsize), "not L_q²"),
+])
+def test_attention_cost_names_the_slip(wrong, cause):
+    result = checks.check_attention_cost(wrong)
+    assert not result and cause in result.message, result.message
+
+
 def test_hints_do_not_print_the_expected_values():
     # A failing softmax on the (4, 6) case must not reveal the reference weights.
     result = checks.check_softmax(lambda x: torch.softmax(x, dim=0))
@@ -128,7 +200,9 @@ from geoattn.course.checks import _harness  # noqa: E402
     (checks.check_causal_mask, geoattn.causal_mask),
     (checks.check_invert_frame, geoattn.invert_frame),
     (checks.check_online_softmax_merge, geoattn.online_softmax_merge),
-], ids=["softmax", "partial", "sdpa", "split-bound", "merge", "causal", "invert", "merge-states"])
+    (checks.check_rope, geoattn.rope),
+], ids=["softmax", "partial", "sdpa", "split-bound", "merge", "causal", "invert", "merge-states",
+        "rope"])
 def test_the_librarys_own_function_is_refused(check, own):
     result = check(own)
     assert not result and result.status == "failed"

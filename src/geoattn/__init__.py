@@ -18,6 +18,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 _MODULES = (
     "seed_example",
     "attention",
+    "positional",
     "plotting",
     "frames",
     "structure",

@@ -1,5 +1,5 @@
 """Exercise checks for chapters 1 and 2: softmax, scaled dot-product attention, splitting
-and merging heads, and the causal mask.
+and merging heads, the causal mask, rotary position embeddings and the cost of attention.
 
 Every check compares the reader's function with the library's on fixed-seed random
 inputs and on the edge cases that catch the usual mistakes (overflow, the wrong axis,
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ...attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention, softmax
+from ...positional import rope
 from ...seed_example import seed_tensors
 from . import _harness
 from ._harness import Case, CheckResult, call_with_time_limit, run_check, scaled_tolerance
@@ -26,6 +27,8 @@ __all__ = [
     "check_split_heads",
     "check_merge_heads",
     "check_causal_mask",
+    "check_rope",
+    "check_attention_cost",
 ]
 
 
@@ -172,3 +175,109 @@ def check_causal_mask(fn: Callable[[int], Tensor]) -> CheckResult:
              (lambda n: ~torch.ones(n, n, dtype=torch.bool).tril(), "True marks the forbidden keys (PyTorch's "
                                                                     "convention); geoattn's True means may attend.")]
     return run_check(name, fn, cases, wrong)
+
+
+# ------------------------------------------------------ chapter 2: rotary position embeddings
+
+def _rope_variant(freq: Callable[[int], Tensor] | None = None, sign: float = 1.0,
+                  layout: str = "pairs", own_positions: bool = False) -> Callable:
+    """RoPE with one slip: other frequencies, the wrong sense of rotation, the other pairing
+    of coordinates, no rotation at all (x·cos + x·sin), or positions 0..L-1 ignoring the given ones."""
+    def turn(x: Tensor, positions: Tensor) -> Tensor:
+        d = x.shape[-1]
+        theta = (10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)) if freq is None else freq(d)
+        if own_positions:
+            positions = torch.arange(x.shape[-2])
+        angle = sign * positions.to(torch.float64)[..., None] * theta
+        cos, sin = angle.cos(), angle.sin()
+        xd = x.double()
+        if layout == "half":
+            a, b = xd[..., : d // 2], xd[..., d // 2:]
+            out = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+        elif layout == "none":
+            out = xd * cos.repeat_interleave(2, -1) + xd * sin.repeat_interleave(2, -1)
+        else:
+            a, b = xd[..., 0::2], xd[..., 1::2]
+            out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+        return out.to(x.dtype)
+    return turn
+
+
+def check_rope(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
+    """Check ``fn(x, positions)``: RoPE with base 10000 on x (..., L, d), rotating each pair
+    (x[..., 2i], x[..., 2i+1]) at position p by the angle p·θ_i, θ_i = 10000^(−2i/d)."""
+    inputs = [
+        ((_randn(3, 2, seed=40, dtype=torch.float64), torch.arange(3)), "one pair (d = 2), positions 0, 1, 2",
+         "the pair (x, y) at position p turns by the angle p·θ_0 = p radians, counterclockwise: "
+         "(x cos − y sin, x sin + y cos)."),
+        ((_randn(5, 8, seed=41, dtype=torch.float64), torch.arange(5)), "d = 8, positions 0 to 4",
+         "pair i = 0, …, d/2 − 1 holds coordinates 2i and 2i + 1 and turns at its own frequency "
+         "θ_i = 10000^(−2i/d)."),
+        ((_randn(4, 6, seed=42, dtype=torch.float64), torch.tensor([7, 0, 3, 3])), "positions 7, 0, 3, 3",
+         "row l turns by the angle positions[l]·θ_i: use the positions you are given."),
+        ((_randn(2, 4, 8, seed=43), torch.arange(4)), "a (2, 4, 8) float32 batch",
+         "work on the last dimension, for any leading dimensions, and keep the input's dtype."),
+    ]
+    cases = [Case(label, args, rope(*args), hint, atol=1e-5 if args[0].dtype == torch.float32 else 1e-9)
+             for args, label, hint in inputs]
+    wrong = [
+        (_rope_variant(sign=-1.0), "the pairs turn the wrong way, by −p·θ_i; RoPE turns them by +p·θ_i "
+                                   "(x cos − y sin, x sin + y cos)."),
+        (_rope_variant(freq=lambda d: 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) / d)),
+         "the frequencies are off: pair i turns at θ_i = 10000^(−2i/d) (note the 2), not 10000^(−i/d)."),
+        (_rope_variant(freq=lambda d: torch.ones(d // 2, dtype=torch.float64)),
+         "every pair turns at the same frequency; pair i turns at θ_i = 10000^(−2i/d)."),
+        (_rope_variant(layout="half"), "coordinate i is paired with i + d/2 (the 'rotate half' layout of "
+                                       "ESM's code: valid, but not this exercise's); pair adjacent "
+                                       "coordinates 2i and 2i + 1."),
+        (_rope_variant(layout="none"), "each pair turns in its own 2-D plane: a new coordinate mixes both "
+                                       "coordinates of its pair (x cos − y sin), not x·cos + x·sin."),
+        (_rope_variant(own_positions=True), "the rotation uses 0, 1, …, L − 1 instead of the positions "
+                                            "passed in."),
+    ]
+    return run_check("rope", fn, cases, wrong)
+
+
+# ------------------------------------------------------------ chapter 2: the cost of attention
+
+def _attention_cost(batch: int, heads: int, l_q: int, l_k: int, d_model: int, dtype: torch.dtype):
+    flops = 2 * 2 * batch * heads * l_q * l_k * (d_model // heads)  # S = Q K^T and O = P V
+    return flops, batch * heads * l_q * l_k * dtype.itemsize  # P: one (L_q, L_k) map per head
+
+
+def check_attention_cost(fn: Callable[[int, int, int, int, int, torch.dtype], tuple]) -> CheckResult:
+    """Check ``fn(batch, heads, l_q, l_k, d_model, dtype)`` = (FLOPs of S = QKᵀ and O = PV,
+    bytes of the weights P), counting a multiply-add as 2 FLOPs and d_head = d_model / heads."""
+    inputs = [((1, 1, 3, 3, 4, torch.float32), "one head, 3 queries, 3 keys, float32"),
+              ((2, 8, 100, 100, 512, torch.float32), "B = 2, H = 8, L = 100, d_model = 512"),
+              ((1, 4, 10, 30, 64, torch.float16), "cross-attention, 10 queries, 30 keys, float16"),
+              ((3, 2, 7, 5, 16, torch.bfloat16), "B = 3, H = 2, 7 queries, 5 keys, bfloat16"),
+              ((1, 16, 64, 256, 1024, torch.float64), "H = 16, 64 queries, 256 keys, float64")]
+    hint = ("the map P has one (L_q, L_k) entry per head and sequence, each of dtype.itemsize bytes; "
+            "each product costs 2·L_q·L_k·d_head FLOPs per head.")
+    cases = [Case(label, args, _attention_cost(*args), hint) for args, label in inputs]
+
+    def variant(flops=None, nbytes=None):
+        def cost(b, h, lq, lk, d, dtype):
+            right = _attention_cost(b, h, lq, lk, d, dtype)
+            return (right[0] if flops is None else flops(b, h, lq, lk, d, dtype),
+                    right[1] if nbytes is None else nbytes(b, h, lq, lk, d, dtype))
+        return cost
+
+    wrong = [
+        (variant(flops=lambda b, h, lq, lk, d, t: 4 * b * h * lq * lk * d),
+         "each head works in d_head = d_model / H dimensions, so the FLOPs do not grow with H."),
+        (variant(flops=lambda b, h, lq, lk, d, t: 2 * b * lq * lk * d),
+         "count both products, S = QKᵀ and O = PV, each 2 FLOPs (a multiply and an add) per term."),
+        (variant(nbytes=lambda b, h, lq, lk, d, t: b * lq * lk * t.itemsize),
+         "there is one (L_q, L_k) map per head: the memory grows H-fold."),
+        (variant(nbytes=lambda b, h, lq, lk, d, t: b * h * lq * lk),
+         "that is the number of entries; multiply by the bytes of one number, dtype.itemsize."),
+        (variant(nbytes=lambda b, h, lq, lk, d, t: 4 * b * h * lq * lk),
+         "the bytes per number depend on the dtype (dtype.itemsize), not always 4."),
+        (variant(nbytes=lambda b, h, lq, lk, d, t: b * h * lq * lq * t.itemsize),
+         "the map has one row per query and one column per key: L_q × L_k, not L_q²."),
+        (variant(nbytes=lambda b, h, lq, lk, d, t: b * h * lk * lk * t.itemsize),
+         "the map has one row per query and one column per key: L_q × L_k, not L_k²."),
+    ]
+    return run_check("attention_cost", fn, cases, wrong)
