@@ -1,11 +1,14 @@
 """The chapter 4 exercise checks accept correct answers, written independently of the
-library, and reject the plausible wrong ones with a hint that names the slip."""
+library or from its pieces, and reject the plausible wrong ones with a hint that names the
+slip; the update check's reference is the layer's own forward pass."""
 import math
 
 import pytest
 import torch
 
+import geoattn
 from geoattn.course import checks
+from geoattn.course.checks.geometric import _layer_update_reference, _update_cases
 
 
 def _not_implemented(*args):
@@ -24,21 +27,11 @@ def loop_term(q, k):  # deliberately plain: one pair at a time
     return out
 
 
-def einsum_scores(qr, kr, qd, kd, wr, wd):
-    rot = torch.einsum("ic,jc->ij", qr, kr)
-    return (wr * rot - wd * cdist_term(qd, kd) * math.sqrt(3)) / math.sqrt(3)
-
-
 @pytest.mark.parametrize("fn", [cdist_term, loop_term])
 def test_distance_term_accepts_correct_answers(fn):
     result = checks.check_distance_term(fn)
     assert result, result.message
     assert repr(result).startswith("✓ distance_term")
-
-
-def test_geometric_scores_accepts_a_correct_answer():
-    result = checks.check_geometric_scores(einsum_scores)
-    assert result, result.message
 
 
 @pytest.mark.parametrize("wrong, cause", [
@@ -56,29 +49,14 @@ def test_distance_term_rejects_wrong_answers(wrong, cause):
         assert cause in result.message
 
 
-@pytest.mark.parametrize("wrong, cause", [
-    (lambda qr, kr, qd, kd, wr, wd: einsum_scores(qr, kr, qr, kr, wr, wd), "as line 8 is printed"),
-    (lambda qr, kr, qd, kd, wr, wd: einsum_scores(qr, kr, qd, kd, wr, -wd), "must be subtracted"),
-    (lambda qr, kr, qd, kd, wr, wd: einsum_scores(qr, kr, qd, kd, wd, wr), "swapped"),
-    (lambda qr, kr, qd, kd, wr, wd: einsum_scores(qr, kr, qd, kd, wr, wd) * math.sqrt(3), "scale is missing"),
-    (lambda qr, kr, qd, kd, wr, wd: einsum_scores(qr, kr, qd, kd, wr, wd).T, None),  # keys and queries swapped
-    (lambda qr, kr, qd, kd, wr, wd: torch.softmax(einsum_scores(qr, kr, qd, kd, wr, wd), -1), None),
-])
-def test_geometric_scores_rejects_wrong_answers(wrong, cause):
-    result = checks.check_geometric_scores(wrong)
-    assert not result
-    if cause:
-        assert "likely cause" in result.message and cause in result.message
-
-
 def test_hints_do_not_leak_the_reference_values():
-    result = checks.check_geometric_scores(lambda *a: torch.zeros(5, 5))
+    result = checks.check_layer_update(lambda *a: torch.zeros(8, 5))
     assert not result
     assert "tensor(" not in result.message
 
 
 def test_not_implemented_is_reported_as_such():
-    for check in (checks.check_distance_term, checks.check_geometric_scores):
+    for check in (checks.check_distance_term, checks.check_layer_update):
         result = check(_not_implemented)
         assert not result and "not implemented" in result.message
 
@@ -93,3 +71,95 @@ def test_distance_term_rejects_the_cancelling_expansion():
     assert not result.passed
     assert "nearby points 1e4 Å from the origin" in result.message
     assert "subtract the points first" in result.message
+
+
+# ------------------------------------------------------------ the update of the whole layer
+
+def einsum_update(qr, kr, qd, kd, v, R, t, wr, wd, out_proj):
+    """Lines 3-14 written out by hand, one einsum per line."""
+    turn = lambda rot, x: torch.einsum("lab,lhb->lha", rot, x)  # noqa: E731
+    qr, kr, vg = turn(R, qr), turn(R, kr), turn(R, v)
+    qd, kd = turn(R, qd) + t[:, None], turn(R, kd) + t[:, None]
+    dot = torch.einsum("ihc,jhc->hij", qr, kr)
+    dist = (qd[:, None] - kd[None]).pow(2).sum(-1).sqrt().permute(2, 0, 1)
+    p = torch.softmax((wr[:, None, None] * dot - wd[:, None, None] * dist) / math.sqrt(3), dim=-1)
+    o = turn(R.transpose(-1, -2), torch.einsum("hij,jhc->ihc", p, vg))
+    return out_proj(o.reshape(o.shape[0], -1))
+
+
+def pieces_update(qr, kr, qd, kd, v, R, t, wr, wd, out_proj):
+    """The chapter's solution: the library's pieces, batch of one."""
+    R, t = R[None, :, None], t[None, :, None]
+    g_rot = [geoattn.apply_rotation(R, a[None]) for a in (qr, kr, v)]
+    g_dist = [geoattn.apply_frame(R, t, a[None]) for a in (qd, kd)]
+    o = geoattn.geometric_attention(g_rot[0], g_rot[1], *g_dist, g_rot[2], wr, wd)
+    return out_proj(geoattn.apply_rotation(R.transpose(-1, -2), o)[0].flatten(-2))
+
+
+@pytest.mark.parametrize("fn", [einsum_update, pieces_update])
+def test_layer_update_accepts_correct_answers(fn):
+    result = checks.check_layer_update(fn)
+    assert result, result.message
+    assert repr(result) == "✓ layer_update: passed all 5 cases"
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_the_update_reference_is_the_layers_forward(case):
+    """With an identity projection, GeometricSelfAttention(x) − x is exactly the update."""
+    qr, kr, qd, kd, v, R, t, wr, wd, out_proj = _update_cases()[case].args
+    L, H, _ = qr.shape
+    layer = geoattn.GeometricSelfAttention(15 * H, H, bias=True, impl="naive").to(qr.dtype)
+    x = torch.cat([a.flatten(-2) for a in (qr, kr, qd, kd, v)], dim=-1)[None]  # the layer's row order
+    with torch.no_grad():
+        layer.proj.weight.copy_(torch.eye(15 * H, dtype=qr.dtype))
+        layer.proj.bias.zero_()
+        layer.out_proj.weight.zero_()
+        layer.out_proj.weight[:out_proj.out_features].copy_(out_proj.weight)
+        layer.out_proj.bias.zero_()
+        layer.out_proj.bias[:out_proj.out_features].copy_(out_proj.bias)
+        layer.set_head_weights(wr, wd)
+        update = (layer(x, R[None], t[None]) - x)[0, :, :out_proj.out_features]
+    expected = _layer_update_reference(qr, kr, qd, kd, v, R, t, wr, wd, out_proj)
+    torch.testing.assert_close(update, expected, atol=1e-5, rtol=1e-5)
+
+
+def _slip(kind):
+    def update(qr, kr, qd, kd, v, R, t, wr, wd, out_proj):
+        turn = lambda rot, x: torch.einsum("lab,lhb->lha", rot, x)  # noqa: E731
+        fwd = R.transpose(-1, -2) if kind == "Rt" else R
+        q_r, k_r, vg = turn(fwd, qr), turn(fwd, kr), turn(fwd, v)
+        q_d, k_d = turn(fwd, qd) + t[:, None], turn(fwd, kd) + t[:, None]
+        if kind == "translate":
+            vg = vg + t[:, None]
+        if kind == "typo":
+            q_d, k_d = q_r, k_r
+        scale = 1.0 if kind == "sqrt3" else math.sqrt(3)
+        dot = torch.einsum("ihc,jhc->hij", q_r, k_r)
+        dist = torch.cdist(q_d.transpose(0, 1), k_d.transpose(0, 1))  # (H, L, L)
+        p = torch.softmax((wr[:, None, None] * dot - wd[:, None, None] * dist) / scale, dim=-1)
+        o = torch.einsum("hij,jhc->ihc", p, vg)
+        if kind != "no back":
+            o = turn(fwd.transpose(-1, -2), o)
+        return out_proj(o.reshape(o.shape[0], -1))
+
+    return update
+
+
+@pytest.mark.parametrize("kind, cause", [
+    ("translate", "values were translated"),
+    ("typo", "as line 8 is printed"),
+    ("no back", "left in the global frame"),
+    ("Rt", "applied as Rᵀ"),
+    ("sqrt3", "1/√3"),
+])
+def test_layer_update_names_each_slip(kind, cause):
+    result = checks.check_layer_update(_slip(kind))
+    assert not result and result.message.startswith("✗ layer_update")
+    assert "likely cause" in result.message and cause in result.message, result.message
+
+
+def test_layer_update_reports_a_wrong_shape_and_leaves_the_random_state_alone():
+    state = torch.random.get_rng_state()
+    result = checks.check_layer_update(lambda *a: torch.zeros(3))
+    assert not result and "shape" in result.message
+    assert torch.equal(state, torch.random.get_rng_state())

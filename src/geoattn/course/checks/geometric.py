@@ -1,11 +1,12 @@
-"""Exercise checks for chapter 4: the distance term (Algorithm 6, line 8) and the geometric
-score of one head (lines 7-9).
+"""Exercise checks for chapter 4: the distance term (Algorithm 6, line 8) and the whole
+update of the layer, from the local vectors of line 1 to the Linear(O) of line 14.
 
 Each check compares the reader's function with the library's on fixed-seed random inputs
 and on the cases that catch the usual slips: a missing 1/√3, the squared distance of ESM's
-docstring, the printed line 8 (which uses the rotation vectors in the distance term), and
-the sign of the distance term. When a case fails, those wrong variants are tried on it, so
-the hint can name the likely slip without showing the answer.
+docstring, the printed line 8 (which uses the rotation vectors in the distance term),
+translated values, a missing rotation back (line 13), the rotation applied as Rᵀ. When a
+case fails, those wrong variants are tried on it, so the hint can name the likely slip
+without showing the answer.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ...geometric import geometric_logits
+from ...frames import apply_frame, apply_rotation, random_rotation
+from ...geometric import geometric_attention, geometric_logits
+from ...structure import ubiquitin
 from ._harness import Case, CheckResult, run_check
 from ._harness import seeded_randn as _randn
 
-__all__ = ["check_distance_term", "check_geometric_scores"]
+__all__ = ["check_distance_term", "check_layer_update"]
 
 
 def _scores(q_rot, k_rot, q_dist, k_dist, w_r, w_d) -> Tensor:
@@ -85,49 +88,111 @@ def check_distance_term(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
     return run_check("distance_term", fn, cases, wrong)
 
 
-# -------------------------------------------------------- lines 7-9: one head's scores
+# ------------------------------------------- lines 3-14: the update of the whole layer
 
-def _score_cases() -> list[Case]:
-    def vecs(seed, n=5, dtype=torch.float32):
-        return (_randn(n, 3, seed=seed, dtype=dtype), _randn(n, 3, seed=seed + 1, dtype=dtype),
-                _randn(n, 3, seed=seed + 2, dtype=dtype, scale=6.0),
-                _randn(n, 3, seed=seed + 3, dtype=dtype, scale=6.0))
+def _layer_update_reference(q_rot, k_rot, q_dist, k_dist, v, R, t, w_r, w_d, out_proj) -> Tensor:
+    """The library's Linear(O) for one protein: local (L, H, 3) vectors and (L, 3, 3), (L, 3)
+    frames -> (L, d). The same steps as ``GeometricSelfAttention.forward`` (the tests check
+    that they agree)."""
+    with torch.no_grad():
+        rb, tb = R[None, :, None], t[None, :, None]  # one frame per residue, shared by its heads
+        rot = [apply_rotation(rb, a[None]) for a in (q_rot, k_rot, v)]
+        dist = [apply_frame(rb, tb, a[None]) for a in (q_dist, k_dist)]
+        o = geometric_attention(rot[0], rot[1], dist[0], dist[1], rot[2], w_r, w_d, impl="naive")
+        o = apply_rotation(rb.transpose(-1, -2), o)[0]  # (L, H, 3) in each residue's frame
+        return out_proj(o.flatten(-2))
 
-    inputs = [
-        ((*vecs(30), 0.7, 1.3), "random vectors, w_r = 0.7, w_d = 1.3",
-         "A[i, j] = w_r · (q_r[i] · k_r[j]) / √3 − w_d · ‖q_d[i] − k_d[j]‖₂ / √3."),
-        ((*vecs(40), 2.0, 0.0), "a pure rotation head (w_d = 0)",
-         "with w_d = 0 only line 7 is left: the dot products of the rotation vectors, over √3."),
-        ((*vecs(50), 0.0, 2.0), "a pure distance head (w_r = 0)",
-         "with w_r = 0 only line 8 is left, with a minus sign: far keys must get low scores."),
-        ((*vecs(60, n=7, dtype=torch.float64), float(math.log(2.0)), float(math.log(2.0))),
-         "float64, 7 residues, both weights ln 2 (ESM's start)",
-         "row i holds query i's scores against every key j; the result is (L, L)."),
+
+def _slipped_update(slip: str) -> Callable[..., Tensor]:
+    """The update with one known slip, written out with einsum (not the library)."""
+    def update(q_rot, k_rot, q_dist, k_dist, v, R, t, w_r, w_d, out_proj):
+        def turn(rot, x):  # R_i applied to every head's vector of residue i
+            return torch.einsum("lab,lhb->lha", rot, x)
+
+        with torch.no_grad():
+            fwd = R.transpose(-1, -2) if slip == "transposed" else R
+            qr, kr, vg = turn(fwd, q_rot), turn(fwd, k_rot), turn(fwd, v)
+            qd, kd = turn(fwd, q_dist) + t[:, None], turn(fwd, k_dist) + t[:, None]
+            if slip == "translated values":
+                vg = vg + t[:, None]
+            if slip == "line 8 as printed":
+                qd, kd = qr, kr
+            scale = 1.0 if slip == "no sqrt3" else 1 / math.sqrt(3)
+            dot = torch.einsum("ihc,jhc->hij", qr, kr) * scale
+            dist = torch.linalg.vector_norm(qd[:, None] - kd[None], dim=-1).permute(2, 0, 1) * scale
+            scores = w_r[:, None, None] * dot - w_d[:, None, None] * dist  # (H, L, L)
+            p = torch.softmax(scores, dim=-2 if slip == "softmax over queries" else -1)
+            o = torch.einsum("hij,jhc->ihc", p, vg)
+            if slip == "rotated back by R":
+                o = turn(R, o)
+            elif slip != "no rotation back":
+                o = turn(fwd.transpose(-1, -2), o)
+            return out_proj(o.flatten(-2))
+
+    return update
+
+
+_UPDATE_SLIPS = [
+    ("translated values",
+     "the values were translated. Line 11 only rotates them, v_j = R_j v̂_j: values are directions, "
+     "like q^r, and ESM3's code adds no t_j (with a t_j the output would move with the protein)."),
+    ("line 8 as printed",
+     "the distance term uses the rotation vectors q^r, k^r, as line 8 is printed. Which vectors were "
+     "moved by the full frame T_i, translation included?"),
+    ("no rotation back",
+     "O was left in the global frame. Line 13 rotates each O_i back into residue i's own frame "
+     "with R_iᵀ; without it the output turns when the protein turns."),
+    ("rotated back by R",
+     "line 13 applies R_i⁻¹ = R_iᵀ, not R_i again."),
+    ("transposed",
+     "the frames were applied as Rᵀ. R_i maps local to global as a matrix times a column vector, "
+     "R_i @ v (geoattn.apply_rotation does this)."),
+    ("no sqrt3",
+     "the 1/√3 of lines 7 and 8 is missing (geoattn.geometric_attention applies it for you)."),
+    ("softmax over queries",
+     "the softmax runs over the queries; line 10 normalizes over the keys j, so each row sums to 1."),
+]
+
+
+def _update_cases() -> list[Case]:
+    def case(label, hint, R, t, heads, w_r, w_d, seed, d=5, dtype=torch.float32):
+        n = R.shape[0]
+        vecs = [_randn(n, heads, 3, seed=seed + i, dtype=dtype, scale=3.0 if i in (2, 3) else 1.0)
+                for i in range(5)]  # q_rot, k_rot, q_dist (Å), k_dist (Å), v
+        with torch.random.fork_rng(devices=[]):  # Linear's own init must not move the reader's seed
+            out_proj = torch.nn.Linear(3 * heads, d, dtype=dtype).requires_grad_(False)
+        with torch.no_grad():  # from the check's own generator
+            out_proj.weight.copy_(_randn(d, 3 * heads, seed=seed + 5, dtype=dtype, scale=0.3))
+            out_proj.bias.copy_(_randn(d, seed=seed + 6, dtype=dtype, scale=0.1))
+        w = [torch.tensor(x, dtype=dtype) for x in (w_r, w_d)]
+        args = (*vecs, R.to(dtype), t.to(dtype), *w, out_proj)
+        return Case(label, args, _layer_update_reference(*args), hint, atol=1e-5, rtol=1e-5)
+
+    rot, trans = ubiquitin().frames()
+    gen = torch.Generator().manual_seed(70)
+    far_rot = random_rotation(6, generator=gen)
+    far_t = 30.0 + 5.0 * torch.randn(6, 3, generator=gen)
+    one = (rot[:1], trans[:1])
+    return [
+        case("ubiquitin's first 8 residues, 2 heads", "O = Linear(R_iᵀ Σ_j P_ij R_j v̂_j): rotate the "
+             "vectors into the global frame (lines 3-6, 11), attend (7-12), rotate back (13), then out_proj.",
+             rot[:8], trans[:8], 2, [0.7, 1.3], [1.1, 0.4], seed=80),
+        case("6 random frames 30 Å from the origin", "only q^d and k^d get the translation t_i.",
+             far_rot, far_t, 2, [0.5, 0.9], [0.8, 0.3], seed=90),
+        case("float64, ubiquitin residues 20-26, 3 heads", "keep the dtype of the inputs.",
+             rot[20:27], trans[20:27], 3, [0.3, 1.0, 2.0], [1.0, 0.6, 0.0], seed=100, dtype=torch.float64),
+        case("a pure distance head (w_r = 0), ubiquitin residues 40-49",
+             "with w_r = 0 only the distance term is left: nearby keys get the most weight.",
+             rot[40:50], trans[40:50], 1, [0.0], [2.0], seed=110),
+        case("a single residue", "with one residue, P = 1: the update is out_proj of its own local value.",
+             one[0], one[1], 2, [0.7, 0.7], [0.7, 0.7], seed=120),
     ]
-    return [Case(label, args, _scores(*args), hint, atol=1e-5, rtol=1e-5) for args, label, hint in inputs]
 
 
-def check_geometric_scores(fn: Callable[..., Tensor]) -> CheckResult:
-    """Check ``fn(q_rot, k_rot, q_dist, k_dist, w_r, w_d)``: (L, 3) vectors and two numbers -> (L, L) scores A."""
-    cases = _score_cases()
-
-    def rot(qr, kr):
-        return qr @ kr.T / math.sqrt(3)
-
-    def dist(qd, kd):
-        return torch.linalg.vector_norm(qd[:, None, :] - kd[None, :, :], dim=-1) / math.sqrt(3)
-
-    wrong = [
-        (lambda qr, kr, qd, kd, wr, wd: wr * rot(qr, kr) - wd * dist(qr, kr),
-         "the distance term uses the rotation vectors q_r, k_r, as line 8 is printed. Which vectors were "
-         "moved by the full frame T_i, translation included?"),
-        (lambda qr, kr, qd, kd, wr, wd: wr * rot(qr, kr) + wd * dist(qd, kd),
-         "the distance term is added; it must be subtracted, so that nearby keys score higher."),
-        (lambda qr, kr, qd, kd, wr, wd: wr * rot(qr, kr) - wd * dist(qd, kd) ** 2 * math.sqrt(3),
-         "the distance is squared (ESM's docstring says −‖·‖², but the paper and ESM's code use ‖·‖₂)."),
-        (lambda qr, kr, qd, kd, wr, wd: (wr * rot(qr, kr) - wd * dist(qd, kd)) * math.sqrt(3),
-         "the 1/√3 scale is missing."),
-        (lambda qr, kr, qd, kd, wr, wd: wd * rot(qr, kr) - wr * dist(qd, kd),
-         "the two weights are swapped: w_r scales the rotation term, w_d the distance term."),
-    ]
-    return run_check("geometric_scores", fn, cases, wrong)
+def check_layer_update(fn: Callable[..., Tensor]) -> CheckResult:
+    """Check ``fn(q_rot, k_rot, q_dist, k_dist, v, R, t, w_r, w_d, out_proj)``: the five local
+    vector sets (L, H, 3), frames R (L, 3, 3) and t (L, 3), weights (H,) after softplus and
+    an ``nn.Linear(3H, d)`` -> the update Linear(O) of line 14, shape (L, d)."""
+    cases = _update_cases()
+    wrong = [(_slipped_update(slip), hint) for slip, hint in _UPDATE_SLIPS]
+    return run_check("layer_update", fn, cases, wrong)
