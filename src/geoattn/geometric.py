@@ -401,10 +401,12 @@ class GeometricSelfAttention(nn.Module):
         R, _ = _frames(rotations, translations, self._frame_mask(mask), o.dtype)
         # line 13: [O]_i = R_i⁻¹ [O]_i, back to residue i's local frame (R⁻¹ = Rᵀ for a rotation)
         o = apply_rotation(R.transpose(-1, -2)[:, :, None], o)
-        if mask is not None and self.zero_masked_outputs:  # ESM3: a frameless residue's own output is 0
+        # ESM3's mask_and_zero_frameless: a frameless residue's OWN output O_i is set to 0. (It sends
+        # no message either way: as a key it was masked in geometric_attention above.)
+        if mask is not None and self.zero_masked_outputs:
             o = torch.where(mask[..., None, None], o, torch.zeros((), dtype=o.dtype, device=o.device))
         update = self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))
-        return x + self.residual_scale * update  # line 14: X = X + Linear(O)
+        return x + self.residual_scale * update  # line 14: X = X + Linear(O) (ESM: scale 1/√(n_layers/36))
 
     @torch.no_grad()
     def load_esm_state_dict(self, state_dict) -> GeometricSelfAttention:
