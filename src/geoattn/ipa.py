@@ -117,8 +117,8 @@ def ipa_augmented_qk(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: 
     c, n_points = q.shape[-1], q_pts.shape[-2]
     # g = w_L γ_h w_C / 2, shape (H, 1, 1): one factor per head
     g = (_W_L * ipa_point_weight(n_points) / 2) * gamma[:, None, None]
-    a = rearrange(q_pts, "b l h p x -> b h l (p x)")  # query points, 3P numbers
-    b = rearrange(k_pts, "b l h p x -> b h l (p x)")  # key points
+    a = rearrange(q_pts, "b l h p x -> b h l (p x)")  # query points (3P)
+    b = rearrange(k_pts, "b l h p x -> b h l (p x)")  # key points (3P)
     a2 = a.square().sum(-1, keepdim=True)  # ‖a_i‖²
     b2 = b.square().sum(-1, keepdim=True)  # ‖b_j‖²
     ones = torch.ones_like(b2)
