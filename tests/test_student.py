@@ -744,10 +744,11 @@ def _solving_objects():
         "ex-01-attention": [attention.scaled_dot_product_attention, geoattn.attention_steps],
         "ex-02-split-heads": [geoattn.MultiHeadAttention.split_heads],
         "ex-02-merge-heads": [geoattn.MultiHeadAttention.merge_heads],
+        "ex-02-rope": [geoattn.positional.rope],
         "ex-03-invert-frame": [geoattn.invert_frame],
         "ex-03-frames": [geoattn.frames_from_backbone],
         "ex-04-distance-term": [geoattn.geometric._geometric_logits],
-        "ex-04-geometric-scores": [geoattn.geometric._geometric_logits],
+        "ex-04-layer-update": [geoattn.GeometricSelfAttention.forward],
         "ex-05-step": [online_softmax.online_softmax_update],
         "ex-07-augmented-qk": [geoattn.ipa_augmented_qk],
     }

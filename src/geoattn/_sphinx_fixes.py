@@ -58,8 +58,17 @@ def _register_bibliography_style() -> None:
 
     class AuthorYearLabels(BaseLabelStyle):
         def format_labels(self, sorted_entries):
-            for entry in sorted_entries:
-                yield _author_year(entry)
+            # Two works of the same authors and year get "2021a", "2021b", as author-year
+            # styles do; equal labels would be a duplicate-label warning.
+            entries = list(sorted_entries)
+            labels = [_author_year(entry) for entry in entries]
+            counts = {label: labels.count(label) for label in labels}
+            seen: dict[str, int] = {}
+            for label in labels:
+                if counts[label] > 1:
+                    seen[label] = seen.get(label, 0) + 1
+                    label = f"{label}{chr(ord('a') + seen[label] - 1)}"
+                yield label
 
     class AuthorYearStyle(Style):
         default_label_style = AuthorYearLabels
