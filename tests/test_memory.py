@@ -45,6 +45,25 @@ def test_chunked_uses_less_than_naive_and_is_deterministic():
     assert chunked < naive[0] / 5
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_naive_keeps_no_more_square_tensors_than_esm(training):
+    # ESM's layer keeps 5 (inference) and 11.25 (training) fp32 numbers per (head, query,
+    # key) alive at its peak (counted in chapter 5); the naive reference must be as lean:
+    # 4 in inference (the (L, L, 3) differences and their norm), 11.25 in training, plus
+    # a few O(L) vectors.
+    length, heads = 128, 4
+    inputs = geoattn.random_geometric_inputs(1, length, heads, requires_grad=training)
+
+    def run():
+        with torch.set_grad_enabled(training):
+            out = geoattn.geometric_attention(*inputs, impl="naive")
+            if training:
+                out.sum().backward()
+
+    per_pair = peak_tensor_memory(run).peak_bytes / (4 * heads * length**2)
+    assert per_pair < (11.5 if training else 4.25), per_pair
+
+
 def test_rejects_a_non_callable():
     with pytest.raises(ValueError, match="fn"):
         peak_tensor_memory(3)

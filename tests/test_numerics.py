@@ -145,3 +145,18 @@ def test_overflowing_distances_give_nan_never_silent_zeros(impl, scale):
         # each row is either right (within fp32) or NaN: never a finite wrong answer
         assert row.isnan().all() or torch.allclose(row.double(), ref_row, atol=1e-5), (row, ref_row)
     assert not (out == 0).all(dim=-1).any(), "no row of silent zeros"
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_gradients_at_zero_head_weights(impl):
+    # A weight of exactly 0 (set_head_weights(dist_weight=0)) still has the gradient of
+    # w·D, namely D: folding w_d into the points, ‖w q − w k‖, would give 0 there.
+    inputs = make_inputs(9, 1, 7, 2)
+    inputs[5], inputs[6] = torch.tensor([0.0, 0.7], dtype=torch.float64), torch.tensor([0.0, 0.0], dtype=torch.float64)
+    out, grads = run("naive", inputs)
+    assert grads[6].abs().min() > 1e-3 and grads[5][0].abs() > 1e-6
+    other_out, other_grads = run(impl, inputs)
+    tol = AGREE[impl]
+    torch.testing.assert_close(other_out, out, **tol["out"])
+    for g, ref in zip(other_grads, grads):
+        torch.testing.assert_close(g, ref, **tol["grad"])

@@ -27,7 +27,7 @@ backward recomputes each block's scores and gets the probabilities back without 
 normalisation pass, :math:`P_{ij} = e^{S_{ij} - \mathrm{lse}_i}`; then, as in FlashAttention,
 
 .. math::
-    D_i = \textstyle\sum_c dO_{ic}\, O_{ic},\qquad dP = dO\, V^\top,\qquad dS = P \circ (dP - D),
+    \Delta_i = \textstyle\sum_c dO_{ic}\, O_{ic},\qquad dP = dO\, V^\top,\qquad dS = P \circ (dP - \Delta),
 
 because :math:`\partial o_i/\partial S_{ij} = P_{ij}(v_j - o_i)`. The chain rule through
 :math:`S` then gives all seven gradients. The distance term's gradient is
@@ -107,7 +107,8 @@ def _distance(qd: Tensor, kd: Tensor) -> Tensor:
     coordinate is first made a contiguous plane, so the loop over keys vectorizes; on a CPU
     this runs about twice as fast as ``torch.cdist``.
     """
-    q, k = qd.movedim(-1, -2).contiguous(), kd.movedim(-1, -2).contiguous()  # (..., 3, R), (..., 3, n)
+    # (..., 3, R) and (..., 3, n): one contiguous plane per coordinate
+    q, k = qd.movedim(-1, -2).contiguous(), kd.movedim(-1, -2).contiguous()
     d = q[..., 0, :, None] - k[..., 0, None, :]
     d.square_()
     for c in (1, 2):
@@ -138,10 +139,13 @@ def _fold_(m, l, acc, s, v):
     tile's scores ``s`` consumed in place: m' = max(m, max_j s_j), ℓ' = e^{m−m'}ℓ + Σ_j p_j,
     acc' = e^{m−m'}acc + Σ_j p_j v_j with p_j = e^{s_j − m'}."""
     m_new = torch.maximum(m, s.amax(dim=-1))
-    shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros((), dtype=m.dtype))  # a row with no key yet
+    # a row with no key yet (m' = −inf) shifts by 0, never by −inf
+    zero = torch.zeros((), dtype=m.dtype)
+    shift = torch.where(torch.isfinite(m_new), m_new, zero)
     rescale = torch.exp(m - shift)
     p = s.sub_(shift[..., None]).exp_()
-    return m_new, l * rescale + p.sum(dim=-1), torch.baddbmm(acc * rescale[..., None], p, v)
+    l_new = l * rescale + p.sum(dim=-1)
+    return m_new, l_new, torch.baddbmm(acc * rescale[..., None], p, v)
 
 
 def _may_overflow(qd: Tensor, kd: Tensor) -> bool:
@@ -158,57 +162,71 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     ``−distance`` plus one ``baddbmm_`` for the rotation term, all in place.
     """
     b, h, length, _ = qr.shape
-    flat = [t.reshape(b * h, length, 3) for t in (qr * w_r, kr, qd * w_d, kd * w_d, v)]
-    a, kr, qd, kd, v = flat
+    folded = (qr * w_r, kr, qd * w_d, kd * w_d, v)
+    a, kr, qd, kd, v = (t.reshape(b * h, length, 3) for t in folded)
     kr_t = kr.transpose(1, 2).contiguous()
     guard = _may_overflow(qd, kd)
     rows, keys = tile_sizes(b * h, length, block_size)
     out, lse = torch.empty_like(v), v.new_empty(b * h, length)
     for i0 in range(0, length, rows):
         qi = slice(i0, i0 + rows)
-        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]), 3, dtype=v.dtype, device=v.device)
+        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]), 3,
+                                        dtype=v.dtype, device=v.device)
         for j0 in range(0, length, keys):
             kj = slice(j0, j0 + keys)
-            s = _distance(qd[:, qi], kd[:, kj])  # w_d/√3 · ‖q_d − k_d‖ (line 8, weighted)
+            # line 8, weighted: w_d/√3 · ‖q_d − k_d‖
+            s = _distance(qd[:, qi], kd[:, kj])
             if guard:
                 s = finite_or_nan(s)
-            s.baddbmm_(a[:, qi], kr_t[:, :, kj], beta=-1)  # S = w_r/√3 · q_r·k_r − that (lines 7, 9)
+            # lines 7 and 9: S = w_r/√3 · q_r·k_r − that
+            s.baddbmm_(a[:, qi], kr_t[:, :, kj], beta=-1)
             bias, mask = pairs.block(kj, qi)
             tile = s.view(b, h, s.shape[1], s.shape[2])
             if bias is not None:
                 tile.add_(bias)
             if mask is not None:
                 tile.masked_fill_(~mask, float("-inf"))
-            m, l, acc = _fold_(m, l, acc, s, v[:, kj])  # (m, ℓ, acc) <- this tile's keys
-        out[:, qi], lse[:, qi] = online_softmax_result(OnlineSoftmaxState(m, l, acc))
-    # A row with no key: out = 0, and lse = +inf makes the backward's exp(S - lse) exactly 0.
+            # (m, ℓ, acc) <- this tile's keys
+            m, l, acc = _fold_(m, l, acc, s, v[:, kj])
+        state = OnlineSoftmaxState(m, l, acc)
+        out[:, qi], lse[:, qi] = online_softmax_result(state)
+    # A row with no key: out = 0, and lse = +inf makes the backward's
+    # exp(S - lse) exactly 0.
     return out.reshape(b, h, length, 3), lse.reshape(b, h, length)
 
 
-def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
-    """FlashAttention's backward, recomputing one key block at a time (see the module docstring)."""
-    delta = (d_out * out).sum(dim=-1)  # D_i = dO_i · O_i
+def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
+              block_size):
+    """FlashAttention's backward, one key block at a time (module docstring)."""
+    delta = (d_out * out).sum(dim=-1)  # Δ_i = dO_i · O_i
     dqr, dqd = torch.zeros_like(qr), torch.zeros_like(qd)
-    dkr, dkd, dv = torch.empty_like(kr), torch.empty_like(kd), torch.empty_like(v)
+    dkr, dkd = torch.empty_like(kr), torch.empty_like(kd)
+    dv = torch.empty_like(v)
     dw_r = w_r.new_zeros(w_r.shape[1])
     dw_d = w_d.new_zeros(w_d.shape[1])
     length = qr.shape[2]
     for j0 in range(0, length, block_size):
         blk = slice(j0, j0 + block_size)
         kr_b, kd_b, v_b = kr[:, :, blk], kd[:, :, blk], v[:, :, blk]
-        s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d, *pairs.block(blk))
-        p = torch.exp(s - lse[..., None])  # the softmax, recovered from the saved log-sum-exp
+        s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d,
+                                     *pairs.block(blk))
+        # the softmax, recovered from the saved log-sum-exp
+        p = torch.exp(s - lse[..., None])
         dv[:, :, blk] = p.transpose(-1, -2) @ d_out
         dp = d_out @ v_b.transpose(-1, -2)
-        ds = p * (dp - delta[..., None])  # dL/dS; exactly 0 for masked keys and empty rows
+        # dL/dS; exactly 0 for masked keys and empty rows
+        ds = p * (dp - delta[..., None])
         # rotation term: S += (w_r/√3) q_r·k_r
         dqr += w_r * (ds @ kr_b)
         dkr[:, :, blk] = w_r * (ds.transpose(-1, -2) @ qr)
         dw_r += (ds * rot).sum(dim=(0, 2, 3)) * _INV_SQRT3
-        # distance term: S -= (w_d/√3) ‖q_d − k_d‖, with gradient 0 where the distance is 0
-        g = w_d * torch.where(dist > 0, ds / torch.where(dist > 0, dist, torch.ones_like(dist)), torch.zeros_like(ds))
+        # distance term: S -= (w_d/√3) ‖q_d − k_d‖, gradient 0 where it is 0
+        apart = dist > 0
+        safe = torch.where(apart, dist, torch.ones_like(dist))
+        g = w_d * torch.where(apart, ds / safe, torch.zeros_like(ds))
         dqd += g @ kd_b - g.sum(dim=-1, keepdim=True) * qd
-        dkd[:, :, blk] = g.transpose(-1, -2) @ qd - g.sum(dim=-2)[..., None] * kd_b
+        dkd[:, :, blk] = (g.transpose(-1, -2) @ qd
+                          - g.sum(dim=-2)[..., None] * kd_b)
         dw_d -= (ds * dist).sum(dim=(0, 2, 3)) * _INV_SQRT3
     return dqr, dkr, dqd, dkd, dv, dw_r, dw_d
 
@@ -221,7 +239,7 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
         qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
-        centre = key_centre(kd, pairs.key_mask)  # distances ignore a common shift; see geoattn.distances
+        centre = key_centre(kd, pairs.key_mask)  # see geoattn.distances
         qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3

@@ -2,6 +2,8 @@
 
 - :func:`safe_norm`: ‖x‖₂ with gradient 0 at x = 0, and NaN (never a silent 0 or inf)
   where the norm is not finite.
+- :func:`pair_distances`: ‖q_i − k_j‖₂ for every (query, key) pair, through the (…, L, L, 3)
+  differences that ESM's code forms, freed as soon as their norm exists.
 - :func:`key_centre`: a point near the keys that masked and non-finite keys cannot move.
   Distances do not change when q_d and k_d shift together, so both paths subtract it
   first: points far from the origin but near each other keep every digit.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["safe_norm", "finite_or_nan", "key_centre"]
+__all__ = ["safe_norm", "pair_distances", "finite_or_nan", "key_centre"]
 
 
 def finite_or_nan(d: Tensor) -> Tensor:
@@ -31,9 +33,22 @@ def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
     return finite_or_nan(torch.linalg.vector_norm(x, dim=dim))
 
 
+def pair_distances(q: Tensor, k: Tensor) -> Tensor:
+    """‖q_i − k_j‖₂ for every pair: (…, Lq, 3), (…, Lk, 3) → (…, Lq, Lk); gradient 0 at
+    coincident points, as :func:`safe_norm`, but no check for infinite norms (the caller
+    makes that check where it costs no extra (Lq, Lk) copy).
+
+    The (…, Lq, Lk, 3) differences exist only inside this function, so in inference they
+    are freed before the caller makes its next tensor: the peak is those differences and
+    their norm, 4 numbers per pair. (In training autograd keeps the differences for the
+    backward pass, as in ESM's code.)
+    """
+    return torch.linalg.vector_norm(q[..., :, None, :] - k[..., None, :, :], dim=-1)
+
+
 def key_centre(k_dist: Tensor, key_mask: Tensor | None) -> Tensor:
-    """Mean of the finite, unmasked key points: (B, H, 1, 3) for ``k_dist`` (B, H, L, 3),
-    ``key_mask`` (B, L); 0 where no key qualifies."""
+    """Mean of the finite, unmasked key points: (B, H, 1, 3) for ``k_dist``
+    (B, H, L, 3) and ``key_mask`` (B, L); 0 where no key qualifies."""
     keep = torch.isfinite(k_dist).all(dim=-1, keepdim=True)  # (B, H, L, 1)
     if key_mask is not None:
         keep = keep & key_mask[:, None, :, None]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .attention import softmax
 from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
-from .distances import key_centre, safe_norm
+from .distances import key_centre, pair_distances, safe_norm
 from .frames import apply_frame, apply_rotation
 from .masking import pair_mask, zero_masked_keys
 from .validation import (
@@ -59,22 +59,29 @@ __all__ = [
 _INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
-def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id=None, compute=torch.float32,
-                      key_mask=None):
-    qr, kr, qd, kd = (t.to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))  # (B, H, L, 3)
-    centre = key_centre(kd, key_mask)  # distances ignore a common shift; centred points keep their digits
-    qd, kd = qd - centre, kd - centre
-    w_r = rot_weight.to(compute)[None, :, None, None]
-    w_d = dist_weight.to(compute)[None, :, None, None]
-    # line 7: R[i,j,h] = q_r[i,h] · k_r[j,h] / √3
-    rot = qr @ kr.transpose(-1, -2) * _INV_SQRT3  # (B, H, L, L)
-    # line 8 (corrected): D[i,j,h] = ‖q_d[i,h] − k_d[j,h]‖₂ / √3, from the *distance* vectors
-    diff = qd[:, :, :, None, :] - kd[:, :, None, :, :]  # (B, H, L, L, 3), as ESM materializes it
-    dist = safe_norm(diff) * _INV_SQRT3  # (B, H, L, L)
-    # line 9: A = softplus(w̄_r) R − softplus(w̄_d) D  (the weights arrive already through softplus)
-    scores = w_r * rot - w_d * dist
-    if sequence_id is not None:  # ESM's "bias": +1 for a pair in the same sequence (not a mask)
-        scores = scores + (sequence_id[:, :, None] == sequence_id[:, None, :])[:, None].to(compute)
+def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight,
+                      sequence_id=None, compute=torch.float32, key_mask=None):
+    # (B, L, H, 3) -> (B, H, L, 3): one attention per batch entry and head
+    qr, kr, qd, kd = (t.to(compute).transpose(1, 2)
+                      for t in (q_rot, k_rot, q_dist, k_dist))
+    # distances ignore a common shift; centred points keep their digits
+    centre = key_centre(kd, key_mask)
+    # the 1/√3 joins the (H,) weights, not an (L, L) tensor
+    w_r = rot_weight.to(compute)[None, :, None, None] * _INV_SQRT3
+    w_d = dist_weight.to(compute)[None, :, None, None] * _INV_SQRT3
+    # line 8 (corrected), first: D[i,j,h] = ‖q_d[i,h] − k_d[j,h]‖₂, from the
+    # *distance* vectors; ESM's (L, L, 3) differences are freed before line 7
+    dist = pair_distances(qd - centre, kd - centre)  # (B, H, L, L)
+    # line 7: w_r R / √3, R[i,j,h] = q_r[i,h] · k_r[j,h], with w_r / √3 on
+    # q_r's (L, 3) numbers
+    rot = (w_r * qr) @ kr.transpose(-1, -2)  # (B, H, L, L)
+    # line 9: S = w_r R / √3 − w_d D / √3, in place: no third (L, L) tensor
+    scores = rot.addcmul_(dist, w_d, value=-1)
+    # an infinite D (float32 overflow, or an infinite point) gives NaN,
+    # never a silent weight of 0
+    scores.masked_fill_(torch.isinf(dist), float("nan"))
+    if sequence_id is not None:  # ESM's bias: +1 in one sequence (not a mask)
+        scores += (sequence_id[:, :, None] == sequence_id[:, None, :])[:, None]
     return scores
 
 
@@ -100,9 +107,11 @@ def _compute_dtype_arg(dtype, reference: Tensor) -> torch.dtype:
 def _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                    compute):
     k_rot, k_dist = zero_masked_keys(key_mask, k_rot, k_dist)
-    logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, sequence_id, compute,
-                               key_mask)  # lines 7-9
-    return softmax(logits, dim=-1, mask=pair_mask(key_mask, chain_id))  # line 10
+    # lines 7-9
+    logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight,
+                               dist_weight, sequence_id, compute, key_mask)
+    # line 10
+    return softmax(logits, dim=-1, mask=pair_mask(key_mask, chain_id))
 
 
 def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask=None, *,
@@ -363,18 +372,29 @@ class GeometricSelfAttention(nn.Module):
         return self._vectors(x, rotations, translations, mask)
 
     def _vectors(self, x, rotations, translations, mask):
-        h = self.norm(x)  # ESM only: LayerNorm before the projection (nn.Identity by default)
-        # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in residue i's local frame
-        qk, v = self.proj(h).split([4 * self.n_heads * 3, self.num_vector_messages * self.n_heads * 3], dim=-1)
-        q_rot, k_rot, q_dist, k_dist = rearrange(qk, "b l (n h c) -> n b l h c", n=4, c=3)
-        v = rearrange(v, "b l (hm c) -> b l hm c", c=3)  # heads outer, messages inner
-        R, t = _frames(rotations, translations, self._frame_mask(mask), qk.dtype)  # line 2: (R_i, t_i) = T_i
-        R, t = R[:, :, None], t[:, :, None]  # one frame per residue, shared by its H heads
+        # ESM only: LayerNorm before the projection (nn.Identity by default)
+        h = self.norm(x)
+        # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in
+        # residue i's local frame
+        n_qk = 4 * self.n_heads * 3
+        n_v = self.num_vector_messages * self.n_heads * 3
+        qk, v = self.proj(h).split([n_qk, n_v], dim=-1)
+        q_rot, k_rot, q_dist, k_dist = rearrange(
+            qk, "b l (n h c) -> n b l h c", n=4, c=3)
+        # heads outer, messages inner
+        v = rearrange(v, "b l (hm c) -> b l hm c", c=3)
+        # line 2: (R_i, t_i) = T_i
+        R, t = _frames(rotations, translations, self._frame_mask(mask),
+                       qk.dtype)
+        # one frame per residue, shared by its H heads
+        R, t = R[:, :, None], t[:, :, None]
         q_rot = apply_rotation(R, q_rot)  # line 3: [Q_r]_i = R_i [Q_r]_i
         k_rot = apply_rotation(R, k_rot)  # line 4: [K_r]_i = R_i [K_r]_i
-        q_dist = apply_frame(R, t, q_dist)  # line 5: [Q_d]_i = T_i [Q_d]_i = R_i [Q_d]_i + t_i
+        # line 5: [Q_d]_i = T_i [Q_d]_i = R_i [Q_d]_i + t_i
+        q_dist = apply_frame(R, t, q_dist)
         k_dist = apply_frame(R, t, k_dist)  # line 6: [K_d]_i = T_i [K_d]_i
-        v = apply_rotation(R, v)  # line 11: [V]_i = R_i [V]_i (rotated, not translated; needs no A)
+        # line 11: [V]_i = R_i [V]_i (rotated, not translated; needs no A)
+        v = apply_rotation(R, v)
         return GeometricVectors(q_rot, k_rot, q_dist, k_dist, v)
 
     def attention_weights(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None, *,
@@ -390,23 +410,34 @@ class GeometricSelfAttention(nn.Module):
                 sequence_id: Tensor | None = None, chain_id: Tensor | None = None) -> Tensor:
         """X + residual_scale · Linear(O): Algorithm 6 on ``x`` (B, L, d_model) with frames."""
         self._check_inputs(x, rotations, translations, mask, sequence_id, chain_id)
-        g = self._vectors(x, rotations, translations, mask)  # lines 1-6 and 11
-        w_r, w_d = self.head_weights()  # softplus(w̄_r), softplus(w̄_d) of line 9
+        # lines 1-6 and 11
+        g = self._vectors(x, rotations, translations, mask)
+        # softplus(w̄_r), softplus(w̄_d) of line 9
+        w_r, w_d = self.head_weights()
         m = self.num_vector_messages
-        # lines 7-10 and 12: O = softmax_j(A) · V; with m messages per head, each head's map is reused m times
-        q_rot, k_rot, q_dist, k_dist = (t.repeat_interleave(m, dim=2) for t in g[:4])
-        o = geometric_attention(q_rot, k_rot, q_dist, k_dist, g.v, w_r.repeat_interleave(m),
-                                w_d.repeat_interleave(m), mask, sequence_id=sequence_id, chain_id=chain_id,
+        # lines 7-10 and 12: O = softmax_j(A) · V; with m messages per head,
+        # each head's map is reused m times
+        q_rot, k_rot, q_dist, k_dist = (t.repeat_interleave(m, dim=2)
+                                        for t in g[:4])
+        o = geometric_attention(q_rot, k_rot, q_dist, k_dist, g.v,
+                                w_r.repeat_interleave(m),
+                                w_d.repeat_interleave(m), mask,
+                                sequence_id=sequence_id, chain_id=chain_id,
                                 impl=self.impl)
-        R, _ = _frames(rotations, translations, self._frame_mask(mask), o.dtype)
-        # line 13: [O]_i = R_i⁻¹ [O]_i, back to residue i's local frame (R⁻¹ = Rᵀ for a rotation)
+        R, _ = _frames(rotations, translations, self._frame_mask(mask),
+                       o.dtype)
+        # line 13: [O]_i = R_i⁻¹ [O]_i, back to residue i's local frame
+        # (R⁻¹ = Rᵀ for a rotation)
         o = apply_rotation(R.transpose(-1, -2)[:, :, None], o)
-        # ESM3's mask_and_zero_frameless: a frameless residue's OWN output O_i is set to 0. (It sends
-        # no message either way: as a key it was masked in geometric_attention above.)
+        # ESM3's mask_and_zero_frameless: a frameless residue's OWN output
+        # O_i is set to 0. (It sends no message either way: as a key it was
+        # masked in geometric_attention above.)
         if mask is not None and self.zero_masked_outputs:
-            o = torch.where(mask[..., None, None], o, torch.zeros((), dtype=o.dtype, device=o.device))
+            zero = torch.zeros((), dtype=o.dtype, device=o.device)
+            o = torch.where(mask[..., None, None], o, zero)
         update = self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))
-        return x + self.residual_scale * update  # line 14: X = X + Linear(O) (ESM: scale 1/√(n_layers/36))
+        # line 14: X = X + Linear(O) (ESM: scale 1/√(n_layers/36))
+        return x + self.residual_scale * update
 
     @torch.no_grad()
     def load_esm_state_dict(self, state_dict) -> GeometricSelfAttention:

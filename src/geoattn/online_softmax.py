@@ -82,9 +82,13 @@ def online_softmax_update(state: OnlineSoftmaxState, scores: Tensor, values: Ten
         return state
     m_new = torch.maximum(m, scores.amax(dim=-1))
     shift = _finite_or_zero(m_new)
-    p = torch.exp(scores - shift[..., None])  # this block's weights, in the scale of m'
-    rescale = torch.exp(m - shift)  # e^{m - m'}: the old sums, rewritten in the scale of m'
-    return OnlineSoftmaxState(m_new, l * rescale + p.sum(dim=-1), acc * rescale[..., None] + p @ values)
+    # this block's weights, in the scale of m'
+    p = torch.exp(scores - shift[..., None])
+    # e^{m - m'}: the old sums, rewritten in the scale of m'
+    rescale = torch.exp(m - shift)
+    l_new = l * rescale + p.sum(dim=-1)
+    acc_new = acc * rescale[..., None] + p @ values
+    return OnlineSoftmaxState(m_new, l_new, acc_new)
 
 
 def online_softmax_step(state: OnlineSoftmaxState, score: Tensor, value: Tensor) -> OnlineSoftmaxState:
