@@ -64,6 +64,32 @@ def test_naive_keeps_no_more_square_tensors_than_esm(training):
     assert per_pair < (11.5 if training else 4.25), per_pair
 
 
+def test_subclass_hooks_see_each_storage_once():
+    from geoattn.memory import LiveTensorBytes
+
+    class Log(LiveTensorBytes):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def on_new(self, key, tensor, nbytes):
+            self.events.append(("new", self.op, tuple(tensor.shape), nbytes, self.current))
+
+        def on_free(self, key, nbytes):
+            self.events.append(("free", nbytes, self.current))
+
+    x = torch.randn(10, 10)
+    with Log() as mode:
+        y = x.exp()
+        z = y.t()  # a view: no new storage
+        w = (y * 2).sum()
+        del y, z, w
+    # y * 2 is freed only once sum() has returned: Python holds the temporary until then
+    assert mode.events == [("new", "exp", (10, 10), 400, 400), ("new", "mul", (10, 10), 400, 800),
+                           ("new", "sum", (), 4, 804), ("free", 400, 804), ("free", 400, 404),
+                           ("free", 4, 4)]
+
+
 def test_rejects_a_non_callable():
     with pytest.raises(ValueError, match="fn"):
         peak_tensor_memory(3)

@@ -30,7 +30,20 @@ class LiveTensorBytes(TorchDispatchMode):
     ``current`` is what is alive now; ``peak`` the largest value ``current`` reached.
     Every operator output is seen here (this mode sits below autograd, so the backward
     pass is seen too); a storage is released when the last tensor using it is freed.
+
+    Subclasses may override :meth:`on_new` and :meth:`on_free` to watch single storages
+    (chapter 5 lists the (L, L)-sized ones this way); ``op`` names the operator running.
     """
+
+    op: str = ""  # the operator whose outputs are being counted
+
+    def on_new(self, key: int, tensor: torch.Tensor, nbytes: int) -> None:
+        """Called once per new storage (``key``), with its first tensor and its bytes,
+        after ``current`` and ``peak`` include it."""
+
+    def on_free(self, key: int, nbytes: int) -> None:
+        """Called when the last tensor on storage ``key`` is freed, before ``current``
+        drops by its ``nbytes``."""
 
     def __init__(self):
         super().__init__()
@@ -43,7 +56,9 @@ class LiveTensorBytes(TorchDispatchMode):
         self._users[key] -= 1
         if self._users[key] == 0:
             del self._users[key]
-            self.current -= self._sizes.pop(key)
+            nbytes = self._sizes.pop(key)
+            self.on_free(key, nbytes)
+            self.current -= nbytes
 
     def _track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
@@ -55,10 +70,12 @@ class LiveTensorBytes(TorchDispatchMode):
             self._sizes[key] = nbytes
             self.current += nbytes
             self.peak = max(self.peak, self.current)
+            self.on_new(key, t, nbytes)
         self._users[key] += 1
         weakref.finalize(t, self._release, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.op = func.overloadpacket.__name__
         out = func(*args, **(kwargs or {}))
         # An output that shares a storage with one of the operator's arguments is a view
         # or an in-place result: no new memory. It adds a user to a storage born in the
