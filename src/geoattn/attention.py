@@ -213,6 +213,13 @@ def padding_mask(lengths: Tensor, max_length: int) -> Tensor:
     return torch.arange(max_length, device=lengths.device) < lengths[:, None]
 
 
+def _check_heads(d_model: int, n_heads: int) -> None:
+    require_int("d_model", d_model, minimum=1)
+    require_int("n_heads", n_heads, minimum=1)
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+
+
 class MultiHeadAttention(nn.Module):
     r"""Multi-head attention, written out: per-head projections, attention, concatenation, W_O.
 
@@ -234,11 +241,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, bias: bool = True):
         super().__init__()
-        require_int("d_model", d_model, minimum=1)
-        require_int("n_heads", n_heads, minimum=1)
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        _check_heads(d_model, n_heads)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.d_head = d_model // n_heads
         self.w_q = nn.Linear(d_model, d_model, bias=bias)
         self.w_k = nn.Linear(d_model, d_model, bias=bias)
         self.w_v = nn.Linear(d_model, d_model, bias=bias)
@@ -251,7 +256,7 @@ class MultiHeadAttention(nn.Module):
 
     @staticmethod
     def merge_heads(x: Tensor) -> Tensor:
-        """(B, H, L, d_head) -> (B, L, H·d_head): the concatenation [head_1, ..., head_H]."""
+        """(B, H, L, d_head) -> (B, L, H·d_head): [head_1, ..., head_H]."""
         b, h, length, d = x.shape
         return x.transpose(1, 2).reshape(b, length, h * d)
 
@@ -289,7 +294,8 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.w_q(query))
         k = self.split_heads(self.w_k(key))
         v = self.split_heads(self.w_v(value))
-        z, alpha = scaled_dot_product_attention(q, k, v, m, return_weights=True)
+        z, alpha = scaled_dot_product_attention(q, k, v, m,
+                                                return_weights=True)
         return self.w_o(self.merge_heads(z)), alpha
 
     @torch.no_grad()

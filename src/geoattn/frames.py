@@ -83,8 +83,9 @@ def apply_rotation(rotations: Tensor, vectors: Tensor) -> Tensor:
     return (rotations @ vectors.unsqueeze(-1)).squeeze(-1)
 
 
-def apply_frame(rotations: Tensor, translations: Tensor, points: Tensor) -> Tensor:
-    r"""Map points from a frame's local coordinates to global ones: $p \mapsto R\,p + t$."""
+def apply_frame(rotations: Tensor, translations: Tensor,
+                points: Tensor) -> Tensor:
+    r"""Local coordinates to global ones: $p \mapsto R\,p + t$."""
     _check_args(rotations=rotations, translations=translations, points=points)
     return apply_rotation(rotations, points) + translations
 
