@@ -197,7 +197,7 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
 
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
               block_size):
-    """FlashAttention's backward, one key block at a time (module docstring)."""
+    """FlashAttention's backward, one key block at a time."""
     delta = (d_out * out).sum(dim=-1)  # Δ_i = dO_i · O_i
     dqr, dqd = torch.zeros_like(qr), torch.zeros_like(qd)
     dkr, dkd = torch.empty_like(kr), torch.empty_like(kd)

@@ -81,7 +81,8 @@ def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight,
     # never a silent weight of 0
     scores.masked_fill_(torch.isinf(dist), float("nan"))
     if sequence_id is not None:  # ESM's bias: +1 in one sequence (not a mask)
-        scores += (sequence_id[:, :, None] == sequence_id[:, None, :])[:, None]
+        same = sequence_id[:, :, None] == sequence_id[:, None, :]  # (B, L, L)
+        scores += same[:, None]
     return scores
 
 
