@@ -23,6 +23,7 @@ _MODULES = (
     "frames",
     "structure",
     "geometric",
+    "esm3_block",
     "ipa",
     "online_softmax",
     "chunked",

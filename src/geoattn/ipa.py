@@ -14,13 +14,27 @@ product of augmented query and key vectors (:func:`ipa_augmented_qk`), so
 ``torch.nn.functional.scaled_dot_product_attention`` computes IPA's attention. This is
 the trick of FlashIPA (Liu et al. 2025). ESM3's unsquared ‖q − k‖ has no such form.
 
-Line numbers in the comments (``# line 6``) are those of Algorithm 22 in the supplement.
-We read OpenFold's ``InvariantPointAttention`` (aqlaboratory/openfold) for conventions
-(γ initialised to softplus⁻¹(1), bias-free projections); the code here is our own.
+Line numbers in the comments (``# line 7``) are those of Algorithm 22 in the supplement:
+w_C is line 5, w_L line 6, the attention weights a_ij line 7, the outputs lines 8-10 and
+the final Linear line 11.
+
+Which convention, and what it means for weights. By default the projections of lines 1-4
+have no bias, as the supplement's Algorithm 22 writes them (LinearNoBias). AlphaFold2's
+released code (DeepMind's ``alphafold/model/folding.py``) and OpenFold's monomer IPA
+(aqlaboratory/openfold, ``openfold/model/structure_module.py``) give every projection a
+bias; OpenFold's own comment says that there they differ from the supplement, and trained
+checkpoints hold non-zero biases. So a checkpoint is loaded into a layer built with
+``bias=True``, by :meth:`InvariantPointAttention.load_openfold_state_dict` (OpenFold's names
+and layout; AlphaFold2's JAX parameters reach that layout through OpenFold's converter).
+Both codes take the norm of an output point as √(‖o‖² + 10⁻⁸) where the supplement writes
+‖o‖; ``point_norm_eps`` is that 10⁻⁸ by default, so loaded weights give OpenFold's update,
+and 0 gives the supplement's plain norm. Both initialise γ to softplus⁻¹(1). The code here
+is our own.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -31,9 +45,11 @@ from torch import Tensor, nn
 from .attention import softmax
 from .frames import apply_frame, apply_rotation
 from .validation import (
+    require_bool,
     require_bool_mask,
     require_float_dtype,
     require_int,
+    require_number,
     require_same_device,
     require_shape,
     require_tensor,
@@ -49,7 +65,7 @@ __all__ = [
 ]
 
 IPA_IMPLS = ("direct", "sdpa")
-_W_L = math.sqrt(1.0 / 3.0)  # line 5: three terms (scalar, pair, points) of unit variance each
+_W_L = math.sqrt(1.0 / 3.0)  # line 6: three terms (scalar, pair, points) of unit variance each
 
 
 def ipa_point_weight(n_query_points: int) -> float:
@@ -82,7 +98,7 @@ def _check_qk(q, k, q_pts, k_pts, gamma, pair_bias=None):
 
 def ipa_logits(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: Tensor,
                pair_bias: Tensor | None = None) -> Tensor:
-    """The logits of line 6, before the softmax, the direct way: shape (B, H, L, L).
+    """The logits of line 7, before the softmax, the direct way: shape (B, H, L, L).
 
     ``q, k``: scalar queries and keys (B, L, H, c). ``q_pts, k_pts``: query and key points
     already in the global frame (B, L, H, P, 3). ``gamma``: (H,), non-negative (already
@@ -99,14 +115,14 @@ def ipa_logits(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: Tensor
     dist2 = rearrange(dist2, "b i j h -> b h i j")
     point = gamma[:, None, None] * (w_c / 2) * dist2
     bias = 0.0 if pair_bias is None else pair_bias
-    return _W_L * (scalar + bias - point)  # line 6, inside the softmax
+    return _W_L * (scalar + bias - point)  # line 7, inside the softmax
 
 
 def ipa_augmented_qk(q: Tensor, k: Tensor, q_pts: Tensor, k_pts: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
     """Augmented queries and keys, (B, H, L, c + 3P + 2) each, with q̃_i · k̃_j = the logits.
 
     ‖a − b‖² = ‖a‖² − 2 a·b + ‖b‖², so with g = w_L γ_h w_C / 2 and a_i, b_j the flattened
-    global points (3P numbers each) the logit of line 6 without pair bias is
+    global points (3P numbers each) the logit of line 7 without pair bias is
 
         [w_L q_i/√c,  2g a_i,  −g ‖a_i‖²,  −g] · [k_j,  b_j,  1,  ‖b_j‖²]
 
@@ -178,15 +194,21 @@ class InvariantPointAttention(nn.Module):
     by neutral ones, so NaN there cannot leak, and its outputs are zero before the final
     Linear, as in :class:`GeometricSelfAttention`.
 
-    ``d_head`` is AlphaFold2's c (16). Projections have no bias (Algorithm 22's
-    LinearNoBias); the final Linear has one. γ_h = softplus(γ̄_h) starts at 1 (OpenFold's
-    initialisation); read it with :meth:`head_weights`, set it with :meth:`set_head_weights`.
+    ``d_head`` is AlphaFold2's c (16). ``bias``: False (the default) gives the projections
+    of lines 1-4 no bias, as Algorithm 22 writes them (LinearNoBias); True gives them one,
+    as AlphaFold2's and OpenFold's code do, which loading their weights needs
+    (:meth:`load_openfold_state_dict`). The final Linear always has one.
+    ``point_norm_eps``: the norm of an output point is √(‖o‖² + eps); 1e-8, the default, is
+    OpenFold's and AlphaFold2's value, 0 the supplement's plain norm ‖o‖.
+    γ_h = softplus(γ̄_h) starts at 1 (as in both codes); read it with :meth:`head_weights`,
+    set it with :meth:`set_head_weights`.
     ``impl``: "direct" materializes the logits (:func:`ipa_logits`); "sdpa" passes the
     augmented vectors (:func:`ipa_augmented_qk`) to ``F.scaled_dot_product_attention``.
     """
 
     def __init__(self, d_model: int, n_heads: int, *, d_pair: int | None = None, d_head: int = 16,
-                 n_query_points: int = 4, n_value_points: int = 8, impl: str = "sdpa"):
+                 n_query_points: int = 4, n_value_points: int = 8, impl: str = "sdpa",
+                 bias: bool = False, point_norm_eps: float = 1e-8):
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_head", d_head),
                             ("n_query_points", n_query_points), ("n_value_points", n_value_points)):
@@ -196,14 +218,16 @@ class InvariantPointAttention(nn.Module):
         self.d_model, self.n_heads, self.d_pair, self.d_head = d_model, n_heads, d_pair, d_head
         self.n_query_points, self.n_value_points = n_query_points, n_value_points
         self.impl = impl
+        self.bias = require_bool("bias", bias)
+        self.point_norm_eps = require_number("point_norm_eps", point_norm_eps, minimum=0.0)
         h, c, pq, pv = n_heads, d_head, n_query_points, n_value_points
-        self.scalar_qkv = nn.Linear(d_model, 3 * h * c, bias=False)  # line 1
-        self.point_qk = nn.Linear(d_model, 2 * h * pq * 3, bias=False)  # line 2
-        self.point_v = nn.Linear(d_model, h * pv * 3, bias=False)  # line 3
-        self.pair_bias = None if d_pair is None else nn.Linear(d_pair, h, bias=False)  # line 4
+        self.scalar_qkv = nn.Linear(d_model, 3 * h * c, bias=bias)  # line 1
+        self.point_qk = nn.Linear(d_model, 2 * h * pq * 3, bias=bias)  # line 2
+        self.point_v = nn.Linear(d_model, h * pv * 3, bias=bias)  # line 3
+        self.pair_bias = None if d_pair is None else nn.Linear(d_pair, h, bias=bias)  # line 4
         self.gamma_raw = nn.Parameter(torch.full((h,), _inverse_softplus(1.0)))  # γ = softplus(γ̄) = 1
         d_out = h * (c + 4 * pv + (d_pair or 0))  # scalars, points (3 coords + norm), pair features
-        self.out_proj = nn.Linear(d_out, d_model)  # line 10
+        self.out_proj = nn.Linear(d_out, d_model)  # line 11
 
     @property
     def impl(self) -> str:
@@ -216,7 +240,8 @@ class InvariantPointAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, d_pair={self.d_pair}, d_head={self.d_head}, "
-                f"n_query_points={self.n_query_points}, n_value_points={self.n_value_points}, impl={self.impl!r}")
+                f"n_query_points={self.n_query_points}, n_value_points={self.n_value_points}, impl={self.impl!r}, "
+                f"bias={self.bias}, point_norm_eps={self.point_norm_eps:g}")
 
     def head_weights(self) -> Tensor:
         """γ_h = softplus(γ̄_h), the non-negative weight of each head's point term, (H,)."""
@@ -274,7 +299,7 @@ class InvariantPointAttention(nn.Module):
     def _project(self, x, R, t) -> IPAProjections:
         h, c = self.n_heads, self.d_head
         pq, pv = self.n_query_points, self.n_value_points
-        # line 1: scalar q, k, v = LinearNoBias(s_i)
+        # line 1: scalar q, k, v = LinearNoBias(s_i) (biased if bias=True)
         q, k, v = rearrange(self.scalar_qkv(x), "b l (n h c) -> n b l h c",
                             n=3, h=h, c=c)
         # lines 2-3: query/key points and value points, residue i's frame
@@ -300,11 +325,11 @@ class InvariantPointAttention(nn.Module):
     def _bias(self, pair):
         if pair is None:
             return None
-        return rearrange(self.pair_bias(pair), "b i j h -> b h i j")  # line 4: b_ij = LinearNoBias(z_ij)
+        return rearrange(self.pair_bias(pair), "b i j h -> b h i j")  # line 4: b_ij = Linear(z_ij)
 
     def attention_weights(self, x: Tensor, rotations: Tensor, translations: Tensor, mask: Tensor | None = None,
                           pair: Tensor | None = None) -> Tensor:
-        """The attention map a of line 6, (B, H, L, L), the direct way; masked rows are zero."""
+        """The attention map a of line 7, (B, H, L, L), the direct way; masked rows are zero."""
         self._check_inputs(x, rotations, translations, mask, pair)
         x, R, t, pair = self._neutral_inputs(x, rotations, translations, mask, pair)
         p = self._project(x, R, t)
@@ -324,7 +349,7 @@ class InvariantPointAttention(nn.Module):
         values = torch.cat([p.v, v_pts], dim=-1)  # (B, L, H, c + 3 P_v)
         values = rearrange(values, "b l h e -> b h l e")
         a = None
-        if self.impl == "direct":  # lines 5-6, 8-9: softmax, then a · values
+        if self.impl == "direct":  # lines 5-7, 9-10: softmax, then a · values
             logits = ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias)
             a = _direct_weights(logits, mask)
             o = a @ values
@@ -338,14 +363,15 @@ class InvariantPointAttention(nn.Module):
         o_scalar = o[..., :self.d_head]
         o_pts = rearrange(o[..., self.d_head:], "b l h (p x) -> b l h p x",
                           x=3)
-        # line 9: back to residue i's frame with the whole inverse frame,
+        # line 10: back to residue i's frame with the whole inverse frame,
         # T_i⁻¹ y = R_iᵀ (y − t_i)
         r_inv = R.transpose(-1, -2)[:, :, None, None]
         o_pts = apply_rotation(r_inv, o_pts - t[:, :, None, None])
-        o_norm = torch.linalg.vector_norm(o_pts, dim=-1)
+        # √(‖o‖² + eps): OpenFold's and AlphaFold2's norm (eps=0: plain)
+        o_norm = _point_norm(o_pts, self.point_norm_eps)
         o_pts = rearrange(o_pts, "b l h p x -> b l h (p x)")
         parts = [o_scalar, o_pts, o_norm]
-        if pair is not None:  # line 7: õ_i = Σ_j a_ij z_ij needs the map
+        if pair is not None:  # line 8: õ_i = Σ_j a_ij z_ij needs the map
             if a is None:
                 logits = ipa_logits(p.q, p.k, p.q_pts, p.k_pts, gamma, bias)
                 a = _direct_weights(logits, mask)
@@ -353,8 +379,136 @@ class InvariantPointAttention(nn.Module):
         out = torch.cat(parts, dim=-1)  # (B, L, H, c + 4 P_v (+ d_pair))
         if mask is not None:  # a masked residue gets no update
             out = torch.where(mask[..., None, None], out, out.new_zeros(()))
-        # line 10, and the residual
+        # line 11, and the residual
         return x + self.out_proj(rearrange(out, "b l h e -> b l (h e)"))
+
+    @torch.no_grad()
+    def load_openfold_state_dict(self, state_dict) -> InvariantPointAttention:
+        """Load the weights of OpenFold's monomer ``InvariantPointAttention``, as it names them.
+
+        Keys: ``linear_q``, ``linear_kv``, ``linear_q_points``, ``linear_kv_points``,
+        ``linear_b`` and ``linear_out`` (each ``.weight`` and ``.bias``) and ``head_weights``.
+        OpenFold @ ce0029e wraps the point projections (``linear_q_points.linear.weight``);
+        both spellings are read. OpenFold stores the point rows coordinate-major (row
+        x·H·P + h·P + p), splits ``linear_kv``'s rows per head into k then v (and
+        ``linear_kv_points``' per head into P_qk key points, then P_v value points), and
+        concatenates ``linear_out``'s inputs as scalars, x, y, z, norms, pair features;
+        this layer's order is per head, so rows and columns are reordered here.
+
+        Build the layer as OpenFold's: ``d_model=c_s``, ``d_pair=c_z``, ``d_head=c_hidden``,
+        ``bias=True`` and the default ``point_norm_eps=1e-8``; then ``forward(...) - x`` is
+        OpenFold's update for every present residue (OpenFold's masked residues still get
+        one, ours get none). A missing, extra or mis-shaped key, or a value that is not a
+        floating-point tensor holding numbers, raises an error naming the key; nothing is
+        loaded then.
+        """
+        given = _canonical_openfold_keys(state_dict)
+        wanted = self._openfold_shapes()
+        for key, (name, _) in given.items():
+            if key not in wanted:
+                raise ValueError(f"{name}: not a parameter of this layer (bias={self.bias}, "
+                                 f"d_pair={self.d_pair}); build it as OpenFold's module is built")
+        for key, shape in wanted.items():
+            if key not in given:
+                raise ValueError(f"{key}: missing from state_dict (OpenFold's module has it)")
+            name, value = given[key]
+            _state_value(name, value)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit this layer: "
+                                 f"OpenFold's module of its size has {shape}")
+        ours = _openfold_to_ours({k: v for k, (_, v) in given.items()}, self)
+        for name, param in self.named_parameters():
+            param.copy_(ours[name])
+        return self
+
+    def _openfold_shapes(self) -> dict[str, tuple[int, ...]]:
+        """OpenFold's parameter name → its shape, for a module of this layer's size."""
+        d, h, c = self.d_model, self.n_heads, self.d_head
+        pq, pv, dp = self.n_query_points, self.n_value_points, self.d_pair or 0
+        linears = {"linear_q": (h * c, d), "linear_kv": (2 * h * c, d),
+                   "linear_q_points": (3 * h * pq, d), "linear_kv_points": (3 * h * (pq + pv), d)}
+        if self.d_pair is not None:
+            linears["linear_b"] = (h, dp)
+        shapes = {}
+        for name, shape in linears.items():
+            shapes[f"{name}.weight"] = shape
+            if self.bias:
+                shapes[f"{name}.bias"] = shape[:1]
+        shapes["head_weights"] = (h,)
+        shapes["linear_out.weight"] = (d, h * (dp + c + 4 * pv))
+        shapes["linear_out.bias"] = (d,)
+        return shapes
+
+
+def _state_value(key: str, value) -> Tensor:
+    """A state-dict value: a floating-point tensor that holds numbers (not on "meta")."""
+    require_float_dtype(key, require_tensor(key, value))
+    if value.is_meta:
+        raise ValueError(f"{key} is on the meta device: it holds no numbers to load")
+    return value
+
+
+def _canonical_openfold_keys(state_dict) -> dict[str, tuple[str, object]]:
+    """OpenFold's key, with ``linear_*_points.linear.`` read as ``linear_*_points.`` →
+    (the key as given, its value)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    out: dict[str, tuple[str, object]] = {}
+    for name, value in state_dict.items():
+        key = name
+        for points in ("linear_q_points", "linear_kv_points"):
+            key = key.replace(f"{points}.linear.", f"{points}.")
+        if key in out:
+            raise ValueError(f"{name}: given twice, also as {out[key][0]}")
+        out[key] = (name, value)
+    return out
+
+
+def _openfold_to_ours(sd: dict[str, Tensor], layer: InvariantPointAttention) -> dict[str, Tensor]:
+    """This layer's parameters from OpenFold's (shapes already checked)."""
+    h, c = layer.n_heads, layer.d_head
+    pq, pv, dp = layer.n_query_points, layer.n_value_points, layer.d_pair or 0
+    out = {"gamma_raw": sd["head_weights"], "out_proj.weight": _out_columns(sd["linear_out.weight"], h, c, pv, dp),
+           "out_proj.bias": sd["linear_out.bias"]}
+    for part in ("weight", "bias") if layer.bias else ("weight",):
+        # per head: k then v; ours: all q, all k, all v, each (h c)
+        k, v = rearrange(sd[f"linear_kv.{part}"], "(h n c) ... -> n (h c) ...", h=h, n=2)
+        out[f"scalar_qkv.{part}"] = torch.cat([sd[f"linear_q.{part}"], k, v])
+        (q_pts,) = _point_rows(sd[f"linear_q_points.{part}"], h, [pq])
+        k_pts, v_pts = _point_rows(sd[f"linear_kv_points.{part}"], h, [pq, pv])
+        out[f"point_qk.{part}"] = torch.cat([q_pts, k_pts])
+        out[f"point_v.{part}"] = v_pts
+        if dp:
+            out[f"pair_bias.{part}"] = sd[f"linear_b.{part}"]
+    return out
+
+
+def _point_rows(t: Tensor, h: int, sizes: list[int]) -> list[Tensor]:
+    """Coordinate-major rows (x h p) split per head into ``sizes`` points → ours, (h p x)."""
+    t = rearrange(t, "(x h p) ... -> h p x ...", x=3, h=h)
+    return [rearrange(part, "h p x ... -> (h p x) ...") for part in t.split(sizes, dim=1)]
+
+
+def _out_columns(w: Tensor, h: int, c: int, pv: int, dp: int) -> Tensor:
+    """linear_out's columns: OpenFold's [scalars (h c), x, y, z (h p) each, norms (h p),
+    pair (h d)] → ours, per head [scalars, points (p x), norms, pair]."""
+    o, pts, norm, pair = w.split([h * c, 3 * h * pv, h * pv, h * dp], dim=-1)
+    parts = [rearrange(o, "... (h c) -> ... h c", h=h),
+             rearrange(pts, "... (x h p) -> ... h (p x)", x=3, h=h),
+             rearrange(norm, "... (h p) -> ... h p", h=h)]
+    if dp:
+        parts.append(rearrange(pair, "... (h d) -> ... h d", h=h))
+    return rearrange(torch.cat(parts, dim=-1), "... h e -> ... (h e)")
+
+
+def _point_norm(o: Tensor, eps: float) -> Tensor:
+    """‖o‖ over the last dimension, as √(‖o‖² + eps) when eps > 0.
+
+    With eps = 0 the plain norm, whose gradient at o = 0 is taken as 0 (the square root's
+    would be infinite there)."""
+    if eps == 0:
+        return torch.linalg.vector_norm(o, dim=-1)
+    return torch.sqrt(o.square().sum(-1) + eps)
 
 
 def _direct_weights(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -381,7 +535,7 @@ def _sdpa_mask(bias: Tensor | None, mask: Tensor | None) -> Tensor | None:
     The rows of absent queries may attend every key (their inputs are neutral and their
     outputs are discarded), so no row is fully masked: some torch versions give NaN there.
     """
-    bias = None if bias is None else _W_L * bias  # line 6 weighs the pair bias by w_L too
+    bias = None if bias is None else _W_L * bias  # line 7 weighs the pair bias by w_L too
     if mask is None:
         return bias
     allowed = mask[:, None, None, :] | ~mask[:, None, :, None]  # (B, 1, L, L)
