@@ -84,7 +84,7 @@ def _variant(sqrt_c=True, cross=2.0, point_half=0.5, key_norm=True, w_l=_W_L):
 
 def check_augmented_qk(fn: Callable[..., tuple[Tensor, Tensor]]) -> CheckResult:
     """Check ``fn(q, k, q_pts, k_pts, gamma)`` for one head -> ``(q_aug, k_aug)``, each
-    (L, c + 3P + 2), with q_aug @ k_aug.T = IPA's logits (line 6 without pair bias)."""
+    (L, c + 3P + 2), with q_aug @ k_aug.T = IPA's logits (line 7 without pair bias)."""
     wrong = [
         (_variant(cross=1.0), "the cross term: ‖a − b‖² = ‖a‖² − 2 a·b + ‖b‖², the factor 2 is missing."),
         (_variant(w_l=1.0), "w_L = √(1/3) multiplies the whole logit, scalar and point terms."),
