@@ -642,3 +642,17 @@ def test_segments_of_one_chain_id_in_a_renamed_ubiquitin(tmp_path):
     assert (a.segment_id, b.segment_id) == ("UBA", "UBB") and len(a) == len(b) == 76
     assert torch.allclose(b.ca - a.ca, torch.tensor([50.0, 0.0, 0.0]))
     assert a.sequence == b.sequence == UBQ_SEQUENCE
+
+
+def test_segments_survive_models_and_alternate_locations(real, tmp_path):
+    """Segment ids and four-letter names are matched to biotite's atoms record by record:
+    a second model and alternate locations must not shift them."""
+    path = real("charmm_1tw7.pdb")
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("ATOM  ")]
+    alt = []
+    for ln in lines[:200]:  # every atom of the first residues twice, A then B (moved by 1 Å)
+        alt += [ln[:16] + "A" + ln[17:], ln[:16] + "B" + ln[17:30] + f"{float(ln[30:38]) + 1:8.3f}" + ln[38:]]
+    text = ["MODEL        1", *alt, *lines[200:], "ENDMDL", "MODEL        2", *lines, "ENDMDL"]
+    both = _write(tmp_path, text, "models.pdb")
+    for seg in ("PROA", "PROB"):
+        assert torch.equal(load_backbone(both, segment=seg).ca, load_backbone(path, segment=seg).ca)
