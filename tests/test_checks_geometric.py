@@ -8,15 +8,26 @@ import torch
 
 import geoattn
 from geoattn.course import checks
-from geoattn.course.checks.geometric import _layer_update_reference, _update_cases
+from geoattn.course.checks.geometric import (
+    _UPDATE_SLIPS,
+    _distance_cases,
+    _layer_update_reference,
+    _slipped_update,
+    _update_cases,
+)
 
 
 def _not_implemented(*args):
     raise NotImplementedError
 
 
-def cdist_term(q, k):
-    return torch.cdist(q[None], k[None])[0] / math.sqrt(3)
+def cdist_term(q, k):  # exact: cdist without its matrix-product shortcut
+    return torch.cdist(q[None], k[None], compute_mode="donot_use_mm_for_euclid_dist")[0] / math.sqrt(3)
+
+
+def chapter_term(q, k):  # the chapter's solution
+    diff = q[:, None, :] - k[None, :, :]
+    return torch.linalg.vector_norm(diff, dim=-1) / math.sqrt(3)
 
 
 def loop_term(q, k):  # deliberately plain: one pair at a time
@@ -27,11 +38,24 @@ def loop_term(q, k):  # deliberately plain: one pair at a time
     return out
 
 
-@pytest.mark.parametrize("fn", [cdist_term, loop_term])
+@pytest.mark.parametrize("fn", [cdist_term, loop_term, chapter_term])
 def test_distance_term_accepts_correct_answers(fn):
     result = checks.check_distance_term(fn)
     assert result, result.message
-    assert repr(result).startswith("✓ distance_term")
+    assert repr(result) == "✓ distance_term: passed all 5 cases"  # as chapter 4 prints it
+
+
+@pytest.mark.parametrize("cdist", [
+    lambda q, k: torch.cdist(q, k),
+    lambda q, k: torch.cdist(q[None], k[None])[0],
+    lambda q, k: torch.cdist(q, k, compute_mode="use_mm_for_euclid_dist"),
+])
+def test_distance_term_rejects_cdists_matrix_product(cdist):
+    """cdist's default switches to |q|² + |k|² − 2 q·k above 25 points: 5 Å off on 64 points
+    1e4 Å from the origin, the slip the check's hint describes."""
+    result = checks.check_distance_term(lambda q, k: cdist(q, k) / math.sqrt(3))
+    assert not result, result.message
+    assert "likely cause: torch.cdist" in result.message, result.message
 
 
 @pytest.mark.parametrize("wrong, cause", [
@@ -69,8 +93,21 @@ def test_distance_term_rejects_the_cancelling_expansion():
 
     result = checks.check_distance_term(expanded)
     assert not result.passed
-    assert "nearby points 1e4 Å from the origin" in result.message
+    assert "likely cause: the expansion" in result.message
     assert "subtract the points first" in result.message
+
+
+@pytest.mark.parametrize("label", ["queries on top of the keys", "nearby points 1e4 Å from the origin"])
+@pytest.mark.parametrize("slip", [
+    lambda q, k: torch.cdist(q, k),
+    lambda q, k: ((q * q).sum(-1)[:, None] + (k * k).sum(-1)[None, :] - 2 * q @ k.T).clamp_min(0).sqrt(),
+])
+def test_each_exactness_case_alone_catches_the_expansion(label, slip):
+    """Either case fails cdist and the expansion by itself, so neither rests on the other."""
+    case = next(c for c in _distance_cases() if c.label == label)
+    got = slip(*case.args) / math.sqrt(3)
+    assert not torch.allclose(got, case.expected, atol=case.atol, rtol=case.rtol)
+    assert torch.allclose(chapter_term(*case.args), case.expected, atol=case.atol, rtol=case.rtol)
 
 
 # ------------------------------------------------------------ the update of the whole layer
@@ -156,6 +193,14 @@ def test_layer_update_names_each_slip(kind, cause):
     result = checks.check_layer_update(_slip(kind))
     assert not result and result.message.startswith("✗ layer_update")
     assert "likely cause" in result.message and cause in result.message, result.message
+
+
+@pytest.mark.parametrize("slip, hint", _UPDATE_SLIPS, ids=[s for s, _ in _UPDATE_SLIPS])
+def test_every_listed_update_slip_fails_with_its_own_hint(slip, hint):
+    """Each slip the check claims to name shows on its cases (not only the five above)."""
+    result = checks.check_layer_update(_slipped_update(slip))
+    assert not result
+    assert f"likely cause: {hint}" in result.message, result.message
 
 
 def test_layer_update_reports_a_wrong_shape_and_leaves_the_random_state_alone():

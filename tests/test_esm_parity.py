@@ -4,6 +4,7 @@ geoattn.esm_reference in ESM's names, row order and memory pattern), for ESM3's 
 every implementation and any mix of mask, chain_id and sequence_id."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -137,6 +138,50 @@ def test_load_esm_state_dict_names_the_bad_key(change, key):
     layer = GeometricSelfAttention(8, 2, pre_layernorm=True).double()
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         layer.load_esm_state_dict(sd)
+
+
+def _complex(t):
+    return torch.complex(t, torch.ones_like(t))
+
+
+@pytest.mark.parametrize("key", ["proj.weight", "out_proj.weight", "rotation_scale_per_head", "s_norm.weight"])
+@pytest.mark.parametrize("bad, error", [
+    (_complex, ValueError),                                      # copy_ would drop the imaginary part
+    (lambda t: t.round().to(torch.int64), ValueError),           # copy_ would cast it silently
+    (lambda t: t > 0, ValueError),
+    (lambda t: torch.empty_like(t, device="meta"), ValueError),  # no data to copy
+    (lambda t: None, TypeError),
+    (lambda t: "weights.pt", TypeError),
+    (lambda t: t.tolist(), TypeError),
+    (lambda t: _complex(t).numpy(), ValueError),
+    (lambda t: t.numpy().astype(np.int32), ValueError),
+    (lambda t: t.numpy().astype(object), ValueError),
+])
+def test_load_esm_state_dict_refuses_a_bad_value_naming_its_key(key, bad, error):
+    esm = esm_module(8, 8, 2, 1, True, False, torch.float64)
+    sd = dict(esm.state_dict())
+    sd[key] = bad(sd[key])
+    layer = GeometricSelfAttention(8, 2, pre_layernorm=True).double()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(error, match="^" + key.replace(".", r"\.") + ":"):
+        layer.load_esm_state_dict(sd)
+    for k, v in layer.state_dict().items():  # nothing was copied
+        assert torch.equal(v, before[k]), k
+
+
+def test_load_esm_state_dict_takes_numpy_arrays_and_other_float_dtypes():
+    esm = esm_module(9, 8, 2, 1, True, True, torch.float64)
+    expected = ours_for(esm, "naive")
+    sd = {k: (v.numpy() if k.startswith("proj") else v.float()) for k, v in esm.state_dict().items()}
+    layer = GeometricSelfAttention(8, 2, pre_layernorm=True, bias=True).double().load_esm_state_dict(sd)
+    for k, v in layer.state_dict().items():
+        torch.testing.assert_close(v, expected.state_dict()[k], rtol=1e-6, atol=1e-7)
+
+
+def test_load_esm_state_dict_needs_a_mapping():
+    layer = GeometricSelfAttention(8, 2, pre_layernorm=True)
+    with pytest.raises(TypeError, match="^state_dict"):
+        layer.load_esm_state_dict([("proj.weight", torch.zeros(3))])
 
 
 @pytest.mark.parametrize("kwargs, error", [({"residual_scale": math.inf}, ValueError),

@@ -98,6 +98,45 @@ def test_rotation_angle_of_known_rotations():
         assert rotation_angle(rz).item() == pytest.approx(theta, abs=1e-7)
 
 
+def _axis_angle(theta: torch.Tensor, seed: int) -> torch.Tensor:
+    """Rodrigues' rotations (n, 3, 3) in float64 about random axes, by the angles theta."""
+    u = torch.randn(len(theta), 3, generator=_gen(seed), dtype=torch.float64)
+    u = u / u.norm(dim=-1, keepdim=True)
+    k = torch.zeros(len(theta), 3, 3, dtype=torch.float64)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -u[:, 2], u[:, 1], -u[:, 0]
+    k = k - k.transpose(-1, -2)
+    s, c = theta.sin()[:, None, None], theta.cos()[:, None, None]
+    return torch.eye(3, dtype=torch.float64) + s * k + (1 - c) * (k @ k)
+
+
+def test_rotation_angle_keeps_small_angles_in_float32():
+    # acos((tr R − 1)/2) returns exactly 0 in float32 below about 3e-4 rad: cos θ rounds to 1.
+    theta = torch.logspace(-8, -1, 15, dtype=torch.float64)
+    r64 = _axis_angle(theta, seed=3)
+    got = rotation_angle(r64.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), theta, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(rotation_angle(r64), theta, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.float64, 1e-13)])
+def test_rotation_angle_near_pi(dtype, atol):
+    # Near π, (tr R − 1)/2 ≈ −1 + δ²/2 is as flat as acos is steep: δ = 1e-4 rounds to π in float32.
+    theta = math.pi - torch.tensor([1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0], dtype=torch.float64)
+    got = rotation_angle(_axis_angle(theta, seed=4).to(dtype))
+    torch.testing.assert_close(got.double(), theta, rtol=0.0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotation_angle_agrees_with_float64_on_random_rotations(dtype):
+    r = random_rotation(1000, generator=_gen(5), dtype=torch.float64)
+    theta = torch.acos(((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    well_conditioned = (theta > 0.1) & (theta < math.pi - 0.1)  # where acos itself is accurate
+    got = rotation_angle(r.to(dtype)).double()
+    torch.testing.assert_close(got[well_conditioned], theta[well_conditioned],
+                               rtol=0.0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
 def test_is_rotation_rejects_reflections_and_scalings():
     assert is_rotation(torch.eye(3)).item()
     assert not is_rotation(torch.diag(torch.tensor([1.0, 1.0, -1.0]))).item()

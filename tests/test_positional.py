@@ -1,6 +1,7 @@
 """geoattn.positional: sinusoidal encodings and rotary position embeddings (RoPE)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -117,6 +118,36 @@ def test_rope_positions_broadcast_over_heads():
 def test_rope_float_and_integer_positions_agree():
     x = torch.randn(3, 4, generator=_gen(4), dtype=torch.float64)
     torch.testing.assert_close(rope(x, torch.arange(3)), rope(x, torch.arange(3.0)))
+
+
+def _rope_float64(x: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
+    """RoPE written out in NumPy float64: the reference for the low-precision dtypes."""
+    d = x.shape[-1]
+    theta = 10000.0 ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    angle = positions.numpy().astype(np.float64)[..., None] * theta
+    a, b = x.double().numpy()[..., 0::2], x.double().numpy()[..., 1::2]
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.stack((a * cos - b * sin, a * sin + b * cos), axis=-1).reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+def test_rope_at_large_positions_matches_float64(dtype, atol):
+    # In float32, p·θ_i carries an error of about |p·θ_i|·6e-8: a whole radian at p = 2**24,
+    # where p and p + 1 round to the same angle.
+    positions = torch.tensor([2**24, 2**24 + 1, 2**24 + 2, 10**8 + 7, 2**31 - 1, 3 * 10**9])
+    x = torch.randn(2, len(positions), 8, generator=_gen(6)).to(dtype)
+    got = rope(x, positions)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.double().numpy(), _rope_float64(x, positions), rtol=0, atol=atol)
+    # the same positions given as floating-point numbers, where float64 holds them exactly
+    got = rope(x, positions.double())
+    np.testing.assert_allclose(got.double().numpy(), _rope_float64(x, positions), rtol=0, atol=atol)
+
+
+def test_rope_tells_neighbouring_large_positions_apart():
+    x = torch.ones(2, 2)
+    out = rope(x, torch.tensor([2**24, 2**24 + 1]))
+    assert not torch.allclose(out[0], out[1], atol=0.1)  # the angles differ by one radian
 
 
 # ------------------------------------------------------------------------ error policy

@@ -458,3 +458,201 @@ def test_damaged_or_mislabelled_files_raise_a_value_error_naming_the_file(tmp_pa
 def test_load_backbone_refuses_a_non_float_dtype(dtype, error):
     with pytest.raises(error, match="dtype"):
         load_backbone(UBQ_PDB, dtype=dtype)
+
+
+# --- force-field residue names (tests/data: villin_hie, charmm_1tw7, alanine_dipeptide) ---------
+
+def _pdb_ca_table(path, segment=None):
+    """(res_id, residue name through column 21, segment) of each CA record, read off the lines."""
+    rows = []
+    for ln in path.read_text().splitlines():
+        if ln.startswith(("ATOM  ", "HETATM")) and ln[12:16] == " CA " and ln[16] in " A":
+            if segment is None or ln[72:76].strip() == segment:
+                rows.append((int(ln[22:26]), ln[17:21].strip(), ln[72:76].strip()))
+    return rows
+
+
+def test_openmm_villin_keeps_hie_27(real):
+    """openmm's test.pdb (villin headpiece N68H, AMBER names, blank chain id): HIE 27 used to
+    vanish from the middle of the chain, even with on_incomplete='raise'."""
+    path = real("villin_hie.pdb")
+    table = _pdb_ca_table(path)
+    bb = load_backbone(path)
+    assert list(zip(bb.res_ids, bb.res_names)) == [(r, n) for r, n, _ in table]
+    assert len(bb) == 35 and bb.res_names[26] == "HIE"
+    assert bb.sequence == "LSDEDFKAVFGMTRSAFANLPLWKQQHLKKEKGLF"  # HP35 with N27 (N68) as H
+
+
+def test_charmm_segments_with_blank_chain_ids(real):
+    """A CHARMM-GUI system of 1TW7 (two protease monomers, segments PROA and PROB, chain ids
+    blank, residues numbered 1-99 in each): it used to be refused as 'residue PRO 1 ... is
+    split'. Each segment is read on its own; segment=None takes the first."""
+    path = real("charmm_1tw7.pdb")
+    first = load_backbone(path)
+    assert first.segment_id == "PROA" and first.chain_id == ""
+    for seg in ("PROA", "PROB"):
+        bb = load_backbone(path, segment=seg)
+        table = _pdb_ca_table(path, seg)
+        assert bb.segment_id == seg and len(bb) == 99
+        assert list(zip(bb.res_ids, bb.res_names)) == [(r, n) for r, n, _ in table]
+        assert bb.res_names[68] == "HSD" and bb.sequence[68] == "H"
+        assert f"segment {seg!r}" in repr(bb) and bb.label(0) == f"residue PRO 1 of segment {seg}"
+        ca = [ln for ln in path.read_text().splitlines() if ln[12:16] == " CA " and ln[72:76].strip() == seg]
+        assert torch.allclose(bb.ca[5], torch.tensor([float(ca[5][i:i + 8]) for i in (30, 38, 46)]))
+    assert torch.equal(first.ca, load_backbone(path, segment="PROA").ca)
+    assert not torch.equal(first.ca, load_backbone(path, segment="PROB").ca)
+    assert torch.equal(load_backbone(path, "", segment="PROB").ca, load_backbone(path, segment="PROB").ca)
+
+
+def test_segment_errors_list_the_segments(real, tmp_path):
+    path = real("charmm_1tw7.pdb")
+    with pytest.raises(ValueError, match=r"charmm_1tw7.pdb: segment 'PROC' not found; segments with amino "
+                                         r"acids: 'PROA', 'PROB'"):
+        load_backbone(path, segment="PROC")
+    with pytest.raises(ValueError, match=r"segment 'PROA' not found in chain A; segments with amino acids: ''"):
+        load_backbone(UBQ_PDB, "A", segment="PROA")
+    with pytest.raises(TypeError, match="^segment"):
+        load_backbone(path, segment=1)
+    # a residue of segment PROB without its CA is named with its segment
+    lines = [ln for ln in path.read_text().splitlines()
+             if not (ln[72:76] == "PROB" and ln[12:16] == " CA " and int(ln[22:26]) == 10)]
+    cut = _write(tmp_path, lines, "cut.pdb")
+    with pytest.raises(ValueError, match=r"residue \w+ 10 of segment PROB lacks atom CA"):
+        load_backbone(cut, segment="PROB")
+    assert len(load_backbone(cut)) == 99
+
+
+def test_caps_are_not_residues(real):
+    """pdbfixer's alanine dipeptide, ACE-ALA-NME: the caps have no CA, so one residue."""
+    bb = load_backbone(real("alanine_dipeptide.pdb"))
+    assert bb.res_names == ("ALA",) and bb.res_ids == (2,) and bb.sequence == "A"
+
+
+def _renamed_ubq(tmp_path, renames, *, hetero=False):
+    """1UBQ with residues renamed (number -> name), a four-letter name written through
+    column 21 as CHARMM and GROMACS write it."""
+    out = []
+    for ln in UBQ_PDB.read_text().splitlines():
+        if ln.startswith("ATOM  ") and int(ln[22:26]) in renames:
+            name = renames[int(ln[22:26])]
+            ln = ("HETATM" if hetero else ln[:6]) + ln[6:17] + (f"{name:<4}" if len(name) == 4 else f"{name:>3} ") \
+                + ln[21:]
+        out.append(ln)
+    return _write(tmp_path, out, "renamed.pdb")
+
+
+# The force fields' documented names and the one-letter code each must read as (AMBER,
+# CHARMM36, GROMOS and OPLS-AA as GROMACS ships them, OpenMM's pdbNames.xml), written out
+# here apart from the library's table.
+_FF_CODES = {
+    **dict.fromkeys(["HID", "HIE", "HIP", "HSD", "HSE", "HSP", "HISA", "HISB", "HISH", "HISD", "HISE",
+                     "HISP", "HIS1", "HIH", "HSH"], "H"),
+    **dict.fromkeys(["CYX", "CYM", "CYS1", "CYS2", "CYSH"], "C"),
+    **dict.fromkeys(["ASH", "AS4", "ASPH", "ASPP"], "D"),
+    **dict.fromkeys(["GLH", "GL4", "GLUH", "GLUP"], "E"),
+    **dict.fromkeys(["LYN", "LSN", "LYSH"], "K"),
+    "ARGN": "R",
+}
+_TERMINAL = {**{n: c for n, c in zip(["ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE",
+                                      "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL"],
+                                     "ARNDCQEGHILKMFPSTWYV")},
+             "HID": "H", "HIE": "H", "HIP": "H", "CYX": "C"}
+_FF_CODES.update({end + name: code for name, code in _TERMINAL.items() for end in "NC"})
+
+
+def _where_to_rename(name):
+    """Which 1UBQ residue to give a force-field name: a terminus for the terminal forms, else
+    a residue of the parent amino acid where ubiquitin has one (HIS 68, ASP 21, GLU 16, ...)."""
+    if len(name) == 4 and name[1:] in _TERMINAL:
+        return 1 if name[0] == "N" else 76
+    return UBQ_SEQUENCE.find(_FF_CODES[name]) + 1 if _FF_CODES[name] in UBQ_SEQUENCE else 30
+
+
+@pytest.mark.parametrize("name", sorted(_FF_CODES))
+def test_every_force_field_name_is_kept_with_its_parents_code(tmp_path, name):
+    number = _where_to_rename(name)
+    bb = load_backbone(_renamed_ubq(tmp_path, {number: name}))
+    assert bb.res_ids == tuple(range(1, 77)), f"{name} {number} was dropped"
+    assert bb.res_names[number - 1] == name
+    assert bb.sequence == UBQ_SEQUENCE[:number - 1] + _FF_CODES[name] + UBQ_SEQUENCE[number:]
+
+
+def test_the_library_table_is_the_documented_one():
+    from biotite.sequence import ProteinSequence
+
+    from geoattn.structure import FORCE_FIELD_RESIDUES
+
+    assert {n: ProteinSequence.convert_letter_3to1(p) for n, p in FORCE_FIELD_RESIDUES.items()} == _FF_CODES
+
+
+def test_the_table_names_parents_and_documents_every_clash_with_the_ccd():
+    """Each name maps to one of the 20 amino acids; where the CCD knows the name as an
+    amino acid with another one-letter code, the loader's HETATM rule covers it."""
+    import biotite.structure.info as info
+
+    from geoattn.structure import _CCD_MEANS_OTHER, _STANDARD, FORCE_FIELD_RESIDUES
+
+    assert set(FORCE_FIELD_RESIDUES.values()) <= set(_STANDARD)
+    assert not set(FORCE_FIELD_RESIDUES) & set(_STANDARD)
+    clashes = {}
+    for name, parent in FORCE_FIELD_RESIDUES.items():
+        ccd = info.one_letter_code(name) if name in info.amino_acid_names() else None
+        if ccd is not None and ccd != info.one_letter_code(parent):
+            clashes[name] = ccd
+    assert {n: info.one_letter_code(p) for n, p in _CCD_MEANS_OTHER.items()} == clashes
+
+
+@pytest.mark.parametrize("name, atom_code, hetatm_code", [("HSE", "H", "S"), ("GLH", "E", "Q")])
+def test_names_the_ccd_means_otherwise_read_by_record_type(tmp_path, name, atom_code, hetatm_code):
+    number = 68 if name == "HSE" else 16
+    for hetero, code in ((False, atom_code), (True, hetatm_code)):
+        bb = load_backbone(_renamed_ubq(tmp_path, {number: name}, hetero=hetero))
+        assert len(bb) == 76 and bb.res_names[number - 1] == name
+        assert bb.sequence[number - 1] == code
+
+
+def test_a_truncated_force_field_residue_is_named_not_dropped(tmp_path):
+    path = _renamed_ubq(tmp_path, {68: "HIE"})
+    lines = [ln for ln in path.read_text().splitlines()
+             if not (ln.startswith("ATOM  ") and int(ln[22:26]) == 68 and ln[12:16] == " CA ")]
+    with pytest.raises(ValueError, match="residue HIE 68 of chain A lacks atom CA"):
+        load_backbone(_write(tmp_path, lines, "cut.pdb"))
+
+
+@pytest.mark.parametrize("hetero", [False, True])
+def test_an_unknown_name_with_a_backbone_is_kept_as_x(tmp_path, hetero):
+    import biotite.structure.info as info
+
+    from geoattn.structure import FORCE_FIELD_RESIDUES
+
+    assert "LIG" not in info.amino_acid_names() and "LIG" not in FORCE_FIELD_RESIDUES
+    bb = load_backbone(_renamed_ubq(tmp_path, {30: "LIG"}, hetero=hetero))
+    assert bb.res_ids == tuple(range(1, 77)) and bb.res_names[29] == "LIG"
+    assert bb.sequence == UBQ_SEQUENCE[:29] + "X" + UBQ_SEQUENCE[30:]
+
+
+def test_segments_of_one_chain_id_in_a_renamed_ubiquitin(tmp_path):
+    """Two copies of 1UBQ with blank chain ids, told apart only by segment: each loads."""
+    lines = [ln for ln in UBQ_PDB.read_text().splitlines() if ln.startswith("ATOM  ")]
+    blank = [ln[:21] + " " + ln[22:72].ljust(50) for ln in lines]
+    two = [ln + "UBA " for ln in blank] + [ln[:30] + f"{float(ln[30:38]) + 50:8.3f}" + ln[38:] + "UBB "
+                                           for ln in blank]
+    path = _write(tmp_path, two, "two.pdb")
+    a, b = load_backbone(path), load_backbone(path, segment="UBB")
+    assert (a.segment_id, b.segment_id) == ("UBA", "UBB") and len(a) == len(b) == 76
+    assert torch.allclose(b.ca - a.ca, torch.tensor([50.0, 0.0, 0.0]))
+    assert a.sequence == b.sequence == UBQ_SEQUENCE
+
+
+def test_segments_survive_models_and_alternate_locations(real, tmp_path):
+    """Segment ids and four-letter names are matched to biotite's atoms record by record:
+    a second model and alternate locations must not shift them."""
+    path = real("charmm_1tw7.pdb")
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("ATOM  ")]
+    alt = []
+    for ln in lines[:200]:  # every atom of the first residues twice, A then B (moved by 1 Å)
+        alt += [ln[:16] + "A" + ln[17:], ln[:16] + "B" + ln[17:30] + f"{float(ln[30:38]) + 1:8.3f}" + ln[38:]]
+    text = ["MODEL        1", *alt, *lines[200:], "ENDMDL", "MODEL        2", *lines, "ENDMDL"]
+    both = _write(tmp_path, text, "models.pdb")
+    for seg in ("PROA", "PROB"):
+        assert torch.equal(load_backbone(both, segment=seg).ca, load_backbone(path, segment=seg).ca)

@@ -294,11 +294,20 @@ def random_rigid(
 
 
 def rotation_angle(rotations: Tensor) -> Tensor:
-    r"""The angle (radians, in $[0, \pi]$) of each rotation, from $\operatorname{tr} R = 1 + 2\cos\theta$."""
+    r"""The angle (radians, in $[0, \pi]$) of each rotation, from $\operatorname{tr} R = 1 + 2\cos\theta$
+    and $R - R^\top = 2\sin\theta\,[u]_\times$ (u the unit axis): $\theta = \operatorname{atan2}(\sin\theta,
+    \cos\theta)$."""
     _check_args(rotations=rotations)
-    trace = rotations.diagonal(dim1=-2, dim2=-1).sum(-1)
-    # Round-off can push (tr - 1)/2 just outside [-1, 1], where acos is NaN.
-    return torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0))
+    r = rotations
+    # Not acos((tr R - 1)/2): cos θ ≈ 1 - θ²/2 rounds to 1 below θ ≈ 3e-4 in float32 (the
+    # angle came out exactly 0), and near π acos is as steep as the cosine is flat. The
+    # antisymmetric part carries sin θ to full relative precision at small angles, and
+    # atan2 takes from each part the angle where that part is well conditioned.
+    axis = torch.stack((r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0],
+                        r[..., 1, 0] - r[..., 0, 1]), dim=-1)  # 2 sin θ · u
+    sin = torch.linalg.vector_norm(axis, dim=-1) / 2
+    cos = (r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    return torch.atan2(sin, cos)
 
 
 def is_rotation(rotations: Tensor, atol: float = 1e-5) -> Tensor:

@@ -18,6 +18,7 @@ k_d, or the distance term could not see where the residues are.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -41,6 +42,7 @@ from .validation import (
     require_number,
     require_same_device,
     require_shape,
+    require_state_value,
     require_tensor,
 )
 
@@ -445,9 +447,13 @@ class GeometricSelfAttention(nn.Module):
         """Load the weights of ESM's ``GeometricReasoningOriginalImpl``, keys as ESM names them.
 
         ESM's projection emits q_rot, k_rot, v, q_dist, k_dist; this layer's emits q_rot,
-        k_rot, q_dist, k_dist, v, so the rows are reordered. A missing key, an extra key or a
-        shape that does not fit raises a ValueError naming the key.
+        k_rot, q_dist, k_dist, v, so the rows are reordered. A missing key, an extra key, a
+        shape that does not fit, or a value that is not a real floating-point tensor (or
+        NumPy array) with data raises a ValueError or TypeError naming the key; nothing is
+        copied unless every value fits.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
         ours = _esm_key_map(self)
         given = dict(state_dict)
         for key in given:
@@ -455,19 +461,18 @@ class GeometricSelfAttention(nn.Module):
                 options = f"pre_layernorm={not isinstance(self.norm, nn.Identity)}, bias={self.proj.bias is not None}"
                 raise ValueError(f"{key}: not a parameter of this layer ({options}); "
                                  "build the layer with the options ESM's module was built with")
+        values = {}
         for key, target in ours.items():
             if key not in given:
                 raise ValueError(f"{key}: missing from state_dict (ESM's module has it with these options)")
-            value = torch.as_tensor(given[key])
+            value = require_state_value(key, given[key])
             if key.startswith("proj."):
                 value = _esm_rows_to_ours(value, self.n_heads, self.num_vector_messages)
             if value.shape != target.shape:
                 raise ValueError(f"{key}: shape {tuple(value.shape)} does not fit this layer's {tuple(target.shape)}")
+            values[key] = value
         for key, target in ours.items():
-            value = torch.as_tensor(given[key])
-            if key.startswith("proj."):
-                value = _esm_rows_to_ours(value, self.n_heads, self.num_vector_messages)
-            target.copy_(value)
+            target.copy_(values[key])
         return self
 
 

@@ -11,6 +11,10 @@ positions.
   angle p·θ_i, so that the score of a query at m and a key at n depends
   on m and n only through n − m.
 
+Both compute the angles p·θ_i in float64, whatever the dtype of the
+inputs: a float32 angle is off by about |p·θ_i|·6e-8 radians, a whole
+radian at p = 2²⁴. Integer positions are exact in float64 up to 2⁵³.
+
 Both use the frequencies θ_i = base^(−2i/d), i = 0, …, d/2 − 1. The pairs
 are interleaved, as in the RoFormer paper; ESM3's code pairs coordinate i
 with i + d/2 instead ("rotate half"): the same rotations, with the
@@ -96,10 +100,11 @@ def rope(x: Tensor, positions: Tensor, *, base: float = 10000.0) -> Tensor:
     broadcasts to x.shape[:-1], e.g. (L,). Returns a tensor like ``x``.
     """
     _check_rope_inputs(x, positions)
-    work = torch.promote_types(x.dtype, torch.float32)  # angles: fp32 or more
-    theta = rope_frequencies(x.shape[-1], base=base, dtype=work)
-    angle = positions.to(x.device, work)[..., None] * theta.to(x.device)
-    cos, sin = angle.cos(), angle.sin()  # (..., L, d/2)
+    work = torch.promote_types(x.dtype, torch.float32)  # fp32 or more
+    theta = rope_frequencies(x.shape[-1], base=base).to(x.device)
+    # p·θ in float64: in float32, p and p + 1 give one angle above 2**24
+    angle = positions.to(x.device, torch.float64)[..., None] * theta
+    cos, sin = angle.cos().to(work), angle.sin().to(work)  # (..., L, d/2)
     a, b = x[..., 0::2].to(work), x[..., 1::2].to(work)  # each pair: (a, b)
     turned = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
     return turned.flatten(-2).to(x.dtype)

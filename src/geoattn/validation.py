@@ -13,6 +13,7 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,6 +30,7 @@ __all__ = [
     "require_shape",
     "require_trailing",
     "require_same_device",
+    "require_state_value",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -137,3 +139,29 @@ def require_same_device(tensors: Mapping[str, Tensor | None], reference: str) ->
         if t is not None and t.device != device:
             raise ValueError(f"{name} is on {t.device} but {reference} is on {device}: "
                              "all inputs must share one device")
+
+
+def require_state_value(key: str, value) -> Tensor:
+    """A checkpoint's value for ``key`` as a real floating-point tensor with data.
+
+    A weight loader calls it once per key before copying anything, so that a bad value
+    is refused with its key named instead of being cast: ``Tensor.copy_`` would drop the
+    imaginary part of a complex value and round an integer one without a word, and a
+    meta tensor (no data) or a ``None`` would fail deep inside PyTorch. Tensors and NumPy
+    arrays (JAX and TensorFlow checkpoints load as those) are accepted; anything else is
+    a TypeError, a tensor of the wrong kind a ValueError, both starting with ``key``.
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind != "f":  # complex, integer, bool, object, strings
+            raise ValueError(f"{key}: a weight must be real floating point; got a NumPy array of "
+                             f"dtype {value.dtype}")
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{key}: a weight must be a torch.Tensor (or a NumPy array); got "
+                        f"{type(value).__name__}")
+    if value.is_complex() or not value.is_floating_point():
+        raise ValueError(f"{key}: a weight must be real floating point; got {value.dtype}")
+    if value.is_meta:
+        raise ValueError(f"{key}: a meta tensor holds no values (a model built on the meta "
+                         "device, or a checkpoint loaded without its data)")
+    return value

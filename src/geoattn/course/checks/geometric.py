@@ -4,7 +4,8 @@ update of the layer, from the local vectors of line 1 to the Linear(O) of line 1
 Each check compares the reader's function with the library's on fixed-seed random inputs
 and on the cases that catch the usual slips: a missing 1/√3, the squared distance of ESM's
 docstring, the printed line 8 (which uses the rotation vectors in the distance term),
-translated values, a missing rotation back (line 13), the rotation applied as Rᵀ. When a
+translated values, a missing rotation back (line 13), the rotation applied as Rᵀ, and for
+the distance term |q|² + |k|² − 2 q·k (which ``torch.cdist`` computes for many points). When a
 case fails, those wrong variants are tried on it, so the hint can name the likely slip
 without showing the answer.
 """
@@ -44,8 +45,13 @@ def _distance_reference(q_dist: Tensor, k_dist: Tensor) -> Tensor:
 _far = torch.tensor([1e4, -1e4, 1e4])
 
 
+# torch.cdist switches to |q|² + |k|² − 2 q·k (a matrix product) above 25 points; the cases
+# that must be exact have more, or that slip passes them unseen.
+_MANY = 64
+
+
 def _distance_cases() -> list[Case]:
-    same = _randn(4, 3, seed=23, scale=5.0)
+    same = _randn(_MANY, 3, seed=23, scale=5.0)
     inputs = [
         ((_randn(5, 3, seed=20, scale=4.0), _randn(5, 3, seed=21, scale=4.0)), "5 random points (Å)",
          "D[i, j] = ‖q_d[i] − k_d[j]‖₂ / √3, one entry per (query i, key j) pair."),
@@ -57,10 +63,11 @@ def _distance_cases() -> list[Case]:
          "large coordinates must still give finite, accurate distances."),
         # Residues 1-3 Å apart, 1e4 Å from the origin: |q|² + |k|² − 2 q·k subtracts numbers
         # of 3e8 whose float32 round-off (about 20) swamps the squared distance itself.
-        ((_far + _randn(6, 3, seed=27, scale=1.5), _far + _randn(6, 3, seed=28, scale=1.5)),
+        ((_far + _randn(_MANY, 3, seed=27, scale=1.5), _far + _randn(_MANY, 3, seed=28, scale=1.5)),
          "nearby points 1e4 Å from the origin",
          "|q|² + |k|² − 2 q·k cancels catastrophically when the points are close to each other but far "
-         "from the origin; subtract the points first, then take the norm of the difference."),
+         "from the origin (torch.cdist computes it so for more than 25 points); subtract the points "
+         "first, then take the norm of the difference."),
     ]
     return [Case(label, args, _distance_reference(*args), hint, atol=1e-5, rtol=1e-5)
             for args, label, hint in inputs]
@@ -74,6 +81,10 @@ def check_distance_term(fn: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
         return q[:, None, :] - k[None, :, :]
 
     wrong = [
+        (lambda q, k: torch.cdist(q, k) / math.sqrt(3),
+         "torch.cdist computes |q|² + |k|² − 2 q·k for more than 25 points, which loses the distance "
+         "of nearby points far from the origin to round-off (and is not exactly 0 for a point and "
+         "itself): subtract the points first, or pass compute_mode='donot_use_mm_for_euclid_dist'."),
         (lambda q, k: (diff(q, k) ** 2).sum(-1) / math.sqrt(3),
          "this is the squared distance (ESM's docstring says −‖·‖², but the paper and ESM's code use ‖·‖₂)."),
         (lambda q, k: torch.linalg.vector_norm(diff(q, k), dim=-1),
