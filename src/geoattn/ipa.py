@@ -52,6 +52,7 @@ from .validation import (
     require_number,
     require_same_device,
     require_shape,
+    require_state_value,
     require_tensor,
 )
 
@@ -412,7 +413,8 @@ class InvariantPointAttention(nn.Module):
             if key not in given:
                 raise ValueError(f"{key}: missing from state_dict (OpenFold's module has it)")
             name, value = given[key]
-            _state_value(name, value)
+            value = require_state_value(name, value)
+            given[key] = (name, value)
             if tuple(value.shape) != shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit this layer: "
                                  f"OpenFold's module of its size has {shape}")
@@ -438,14 +440,6 @@ class InvariantPointAttention(nn.Module):
         shapes["linear_out.weight"] = (d, h * (dp + c + 4 * pv))
         shapes["linear_out.bias"] = (d,)
         return shapes
-
-
-def _state_value(key: str, value) -> Tensor:
-    """A state-dict value: a floating-point tensor that holds numbers (not on "meta")."""
-    require_float_dtype(key, require_tensor(key, value))
-    if value.is_meta:
-        raise ValueError(f"{key} is on the meta device: it holds no numbers to load")
-    return value
 
 
 def _canonical_openfold_keys(state_dict) -> dict[str, tuple[str, object]]:
