@@ -443,6 +443,46 @@ SOLUTION_FORMS = {
         f"show_source(f)  # {SECRET}", metadata={"tags": [student.SOLUTION_SOURCE_TAG]})]),
 }
 
+# Every way MyST itself reads a solution directive (checked below with MyST's parser, so a
+# form that MyST would not render cannot pass for a test).
+_MD = lambda text: lambda: new_notebook(cells=[new_markdown_cell(text)])  # noqa: E731
+MYST_SOLUTION_FORMS = {
+    "tilde-fence": _MD(f"~~~{{solution}} ex-f\n{SECRET}\n~~~"),
+    "long-tilde-fence": _MD(f"~~~~~{{solution}} ex-f\n{SECRET}\n~~~~~"),
+    "four-colons": _MD(f"::::{{solution}} ex-f\n{SECRET}\n::::"),
+    "indented-three-spaces": _MD(f"   ```{{solution}} ex-f\n   {SECRET}\n   ```"),
+    "with-options": _MD(f":::{{solution}} ex-f\n:class: dropdown\n:label: sol-f\n\n{SECRET}\n:::"),
+    "yaml-options": _MD(f"```{{solution}} ex-f\n---\nclass: dropdown\n---\n{SECRET}\n```"),
+    "in-a-blockquote": _MD(f"Some text.\n\n> :::{{solution}} ex-f\n> {SECRET}\n> :::"),
+    "in-a-list": _MD(f"- item\n\n  ```{{solution}} ex-f\n  {SECRET}\n  ```"),
+    "nested-in-a-note": _MD(f"::::{{note}}\nSee.\n:::{{solution}} ex-f\n{SECRET}\n:::\n::::"),
+    "nested-backticks": _MD(f"````{{admonition}} Hint\n```{{solution}} ex-f\n{SECRET}\n```\n````"),
+    "in-the-exercise": _MD(f"::::{{exercise}} T\n:label: ex-f\nDo.\n:::{{solution}} ex-f\n{SECRET}\n:::\n::::"),
+    "eval-rst": _MD(f"```{{eval-rst}}\n.. solution:: ex-f\n\n   {SECRET}\n```"),
+    "eval-rst-start": _MD(f"```{{eval-rst}}\n.. Solution-Start:: ex-f\n```\n\n{SECRET}"),
+    "tilde-start-end": lambda: _with_block(new_markdown_cell(SECRET), start="~~~{solution-start} ex-f\n~~~",
+                                           end="~~~{solution-end}\n~~~"),
+    "start-in-a-quote": lambda: _with_block(new_markdown_cell(SECRET), start="> :::{solution-start} ex-f\n> :::"),
+}
+SOLUTION_FORMS.update(MYST_SOLUTION_FORMS)
+
+
+@pytest.mark.parametrize("form", sorted(MYST_SOLUTION_FORMS))
+def test_the_forms_are_solutions_as_myst_reads_them(form):
+    from geoattn.course._myst import directives
+
+    names = [name for cell in MYST_SOLUTION_FORMS[form]().cells for name, _ in directives(cell.source)]
+    assert {"solution", "solution-start"} & set(names), f"{form}: MyST would not read a solution here"
+
+
+def test_what_myst_does_not_read_as_a_directive_is_kept():
+    from geoattn.course._myst import directives
+
+    # Indented four spaces: a code block. In a {code-block}: text. Neither renders a solution.
+    assert directives(f"    :::{{solution}}\n    {SECRET}\n    :::") == []
+    assert directives(f"```{{code-block}} md\n:::{{solution}}\n{SECRET}\n:::\n```") == [("code-block", 0)]
+    assert directives("> ~~~{Note}\n> x\n> ~~~") == [("note", 1)]
+
 
 @pytest.mark.parametrize("form", sorted(SOLUTION_FORMS))
 def test_every_form_of_a_solution_is_removed_or_refused(form):

@@ -9,7 +9,9 @@ bibliography the list of the works that the notebook cites, formatted from the B
 Anything this module does not know raises a ``ValueError``: a construct that is silently
 left in would show as literal syntax.
 
-No dependency beyond the standard library: ``import geoattn.course.student`` stays cheap.
+No dependency beyond the standard library at import: ``import geoattn.course.student`` stays
+cheap. :func:`directives` imports MyST's own parser (myst-parser, or markdown-it with its
+colon-fence plugin) when first called.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ import re
 import unicodedata
 from pathlib import Path
 
-__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX"]
+__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX", "directives"]
 
-# A directive's opening fence: three or more backticks or colons, then {name}.
-_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
+# A directive's opening fence: three or more backticks, tildes or colons, then {name}.
+_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
 _OPTION = re.compile(r"^[ \t]*:(?P<key>[\w-]+):[ \t]*(?P<value>.*)$")
 _ROLE = re.compile(r"\{(?P<name>[\w:.-]+)\}`(?P<text>[^`]*)`")
 _TITLED = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$", re.S)
@@ -30,7 +32,7 @@ _CITE_ROLES = ("cite", "cite:p", "cite:ps", "cite:t", "cite:ts")
 ENTRY_TYPE = "@type"  # parse_bibtex's key for an entry's type: not a possible field name
 
 # What a test looks for in a student copy: any leftover directive fence, role or target.
-MYST_SYNTAX = re.compile(r"^[ \t]*(`{3,}|:{3,})\{|\{[\w:.-]+\}`|^\([^)\s]+\)=[ \t]*$", re.M)
+MYST_SYNTAX = re.compile(r"^[ \t]*(`{3,}|~{3,}|:{3,})\{|\{[\w:.-]+\}`|^\([^)\s]+\)=[ \t]*$", re.M)
 
 _ADMONITIONS = {"note", "tip", "hint", "important", "warning", "caution", "attention", "danger",
                 "error", "seealso", "admonition"}
@@ -427,3 +429,59 @@ class MystConverter:
         if leftover:
             raise ValueError(f"{where}: MyST syntax {leftover.group(0)!r} would reach the student copy")
         return text
+
+
+# ------------------------------------------------------------- what MyST reads as a directive
+
+_PARSER = None
+# Directives whose content MyST does not parse as Markdown: a fence inside them is text.
+_LITERAL_DIRECTIVES = {"code", "code-block", "code-cell", "sourcecode", "math", "raw", "literalinclude", "csv-table"}
+_RST_DIRECTIVE = re.compile(r"^[ \t>]*\.\.[ \t]+(?P<name>[\w:+-]+)[ \t]*::", re.M)
+
+
+def _parser():
+    """The block parser MyST itself uses (the book enables colon_fence, dollarmath, amsmath)."""
+    global _PARSER
+    if _PARSER is None:
+        try:
+            from markdown_it.renderer import RendererHTML
+            from myst_parser.config.main import MdParserConfig
+            from myst_parser.parsers.mdit import create_md_parser
+
+            _PARSER = create_md_parser(MdParserConfig(enable_extensions={"colon_fence", "dollarmath", "amsmath"}),
+                                       RendererHTML)
+        except ImportError:  # myst-parser missing: markdown-it and the plugin MyST builds on
+            from markdown_it import MarkdownIt
+            from mdit_py_plugins.colon_fence import colon_fence_plugin
+
+            _PARSER = MarkdownIt("commonmark").use(colon_fence_plugin)
+    return _PARSER
+
+
+def directives(source: str, depth: int = 0) -> list[tuple[str, int]]:
+    """Every directive MyST would run in ``source``, as (lower-case name, depth), in order.
+
+    Depth 0 is a directive at the top level of the cell; deeper ones sit in a quote, a
+    list item or another directive's content. MyST matches directive names without regard
+    to case, reads backtick, tilde and colon fences of three or more characters indented up
+    to three spaces, and parses most directives' content as MyST again, so this does too.
+    Inside ``{eval-rst}``, reStructuredText directives (``.. solution::``) count, one level down.
+    """
+    found: list[tuple[str, int]] = []
+    if depth > 20:
+        return found
+    for token in _parser().parse(source):
+        if token.type not in ("fence", "colon_fence"):
+            continue
+        info = (token.info or "").strip().split(maxsplit=1)
+        word = info[0] if info else ""
+        if not (word.startswith("{") and word.endswith("}")):
+            continue
+        name = word[1:-1].lower()
+        level = depth + (token.level > 0)
+        found.append((name, level))
+        if name == "eval-rst":
+            found += [(m.group("name").lower(), level + 1) for m in _RST_DIRECTIVE.finditer(token.content)]
+        elif name not in _LITERAL_DIRECTIVES:
+            found += directives(token.content, level + 1)
+    return found

@@ -473,7 +473,8 @@ class _Grader:
         from ._sandbox import _opaque
         from .checks import _harness
 
-        fn = _Remote(self, check, info) if info.get("callable") else _opaque(str(info.get("typename", "object")), None)
+        fn = (_Remote(self, check, info) if info.get("callable")
+              else _opaque(str(info.get("typename", "object")), None))
         try:
             self._ensure()  # before the check: rerunning the cells must not count against a call's limit
             if cases is None:
@@ -612,18 +613,21 @@ def _grade_notebook(path, student, name, timeout, reference, points, hidden, fol
 
 # ------------------------------------------------------------------------ all submissions
 
-def _submissions(folder: Path) -> list[tuple[str, Path]]:
-    """(student, path) of every notebook, links included: grade_notebook refuses those by name."""
-    found = []
+def _submissions(folder: Path) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The students (a folder each, empty ones too, or a notebook each) and (student, path) of
+    every notebook, links included: grade_notebook refuses those by name."""
+    students, found = [], []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir() and not entry.is_symlink():
+            students.append(entry.name)
             found += [(entry.name, p) for p in sorted(entry.iterdir())
                       if p.suffix == ".ipynb" and not p.name.startswith(".")]
         elif entry.suffix == ".ipynb" or entry.is_symlink():
+            students.append(entry.stem)
             found.append((entry.stem, entry))
-    return found
+    return students, found
 
 
 def default_reference() -> Path | None:
@@ -660,18 +664,16 @@ def grade_submissions(folder: str | Path, *, timeout: float = 600.0, reference: 
                 references[path.name] = nb
     rows: list[Row] = []
     handed_in: dict[str, set[str]] = collections.defaultdict(set)
-    students = []
-    for student, path in _submissions(folder):
-        if student not in students:
-            students.append(student)
+    students, found = _submissions(folder)
+    for student, path in found:
         if progress:
             progress(f"grading {student}/{path.name} ...")
-        chapter = None
+        chapter = path.name if path.name in references else None
         try:
-            if references and not path.is_symlink():
+            if references and chapter is None and not path.is_symlink():
                 chapter = match_chapter(path.name, read_notebook(path), references)
         except (ValueError, RecursionError):
-            pass
+            pass  # unreadable: grade_notebook reports it
         if chapter is not None and chapter in handed_in[student]:
             rows.append(Row(student, chapter, "*", "", NOTEBOOK_ERROR, f"{path.name} is a second notebook "
                             f"for {chapter}; only the first is graded", file=path.name))

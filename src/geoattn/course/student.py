@@ -51,7 +51,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._myst import MYST_SYNTAX, MystConverter, cited_keys, parse_bibtex
+from ._myst import MYST_SYNTAX, MystConverter, cited_keys, directives, parse_bibtex
 
 __all__ = ["BEGIN", "END", "SOLUTION_SOURCE_TAG", "make_student_notebook", "write_student_notebooks"]
 
@@ -59,9 +59,11 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 SOLUTION_SOURCE_TAG = "solution-source"
 
-# A MyST directive opening line, with a backtick or colon fence (colon_fence is enabled).
-# Sphinx matches directive names case-insensitively ({Solution} renders), so we do too.
-_DIRECTIVE = r"^\s*(?:`{3,}|:{3,})\{%s\}"
+# A MyST directive opening line, with a backtick, tilde or colon fence (colon_fence is
+# enabled); docutils matches directive names case-insensitively ({Solution} renders), so we
+# do too. Markdown cells are read with MyST's own parser (_myst.directives); these patterns
+# are for raw cells and metadata, where any such line is suspect.
+_DIRECTIVE = r"^\s*(?:`{3,}|~{3,}|:{3,})\{%s\}"
 _SOLUTION_START = re.compile(_DIRECTIVE % r"solution-start", re.M | re.I)
 _SOLUTION_END = re.compile(_DIRECTIVE % r"solution-end", re.M | re.I)
 _SOLUTION = re.compile(_DIRECTIVE % r"solution", re.M | re.I)
@@ -139,6 +141,29 @@ def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int
     return (text + "\n" if source.endswith("\n") else text), n
 
 
+_SOLUTION_NAMES = ("solution", "solution-start", "solution-end")
+
+
+def _solution_directives(src: str, cell_type: str, where: str) -> tuple[int, int, int]:
+    """How many solution-start, solution-end and solution directives the cell opens at its top level.
+
+    A markdown cell is read as MyST reads it, so every fence MyST accepts counts; a solution
+    directive nested in a quote, a list, another directive or ``{eval-rst}`` is refused,
+    because dropping the cell around it could drop the exercise, and keeping it would hand
+    out the answer.
+    """
+    if cell_type == "raw":
+        return (len(_SOLUTION_START.findall(src)), len(_SOLUTION_END.findall(src)),
+                len(_SOLUTION.findall(src)))
+    found = directives(src)
+    nested = [name for name, depth in found if depth > 0 and name in _SOLUTION_NAMES]
+    if nested:
+        raise ValueError(f"{where}: a {{{nested[0]}}} directive inside a quote, a list or another directive; "
+                         "put each solution directive at the top level of a markdown cell of its own")
+    top = [name for name, _ in found]
+    return top.count("solution-start"), top.count("solution-end"), top.count("solution")
+
+
 def _clean_metadata(metadata, keep: tuple[str, ...], where: str):
     kept = {key: copy.deepcopy(metadata[key]) for key in keep if key in metadata}
     if _MARKER_LIKE.search(json.dumps(kept)) or _SOLUTION.search(json.dumps(kept).replace("\\n", "\n")):
@@ -183,7 +208,7 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
             raise ValueError(f"{where}: not a notebook cell (cell_type {cell_type!r}, a 'source' string)")
         src = cell.source
         if cell_type in ("markdown", "raw"):
-            starts, ends = len(_SOLUTION_START.findall(src)), len(_SOLUTION_END.findall(src))
+            starts, ends, solutions = _solution_directives(src, cell_type, where)
             if starts > 1 or ends > 1 or (starts and ends):
                 raise ValueError(f"{where}: put each solution-start/solution-end directive in its own "
                                  "markdown cell")
@@ -203,8 +228,8 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
                 continue
             if open_label is not None:
                 continue  # a written-out answer: never in the student copy
-            if _SOLUTION.search(src):
-                if _EXERCISE.search(src):
+            if solutions:
+                if _EXERCISE.search(src) or (cell_type == "markdown" and "exercise" in dict(directives(src))):
                     raise ValueError(f"{where}: put the {{solution}} directive in a cell of its own, "
                                      "apart from the exercise")
                 continue
@@ -273,6 +298,8 @@ def read_notebook(path: Path):
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not a notebook (not JSON: {err.msg}, line {err.lineno})") from None
+    except RecursionError:  # a hostile file: JSON nested deeper than the parser's stack
+        raise ValueError(f"{path}: not a notebook (JSON nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ValueError(f"{path}: not a notebook (no list of 'cells')")
     for index, cell in enumerate(data["cells"]):
@@ -282,6 +309,8 @@ def read_notebook(path: Path):
             raise ValueError(f"{_where(str(path), index)}: the cell's 'source' is not text")
     try:
         return nbformat.reads(text, as_version=4)
+    except RecursionError:
+        raise ValueError(f"{path}: not a notebook (nested too deeply)") from None
     except Exception as err:  # nbformat raises several kinds for a broken notebook
         raise ValueError(f"{path}: not a valid notebook ({type(err).__name__}: {err})") from None
 
