@@ -20,7 +20,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX", "directives"]
+__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX", "directives",
+           "targets_of"]
 
 # A directive's opening fence: three or more backticks, tildes or colons, then {name}.
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
@@ -125,6 +126,24 @@ def _author_text(entry: dict[str, str], key: str) -> str:
     if len(names) == 2 and names[1] != "others":
         return f"{names[0]} and {names[1]}"
     return f"{names[0]} et al."
+
+
+_HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t#]*$")
+
+
+def targets_of(sources, docname: str) -> dict[str, tuple[str, str]]:
+    """``{label: (docname, heading)}`` for every ``(label)=`` target in ``sources`` (markdown
+    texts); the heading is the title of the section the target opens ("" if none follows)."""
+    found: dict[str, tuple[str, str]] = {}
+    for source in sources:
+        lines = source.split("\n")
+        for i, line in enumerate(lines):
+            target = _TARGET.match(line)
+            if target:
+                after = next((x for x in lines[i + 1:] if x.strip()), "")
+                heading = _HEADING.match(after)
+                found[target.group("label")] = (docname, heading.group("title") if heading else "")
+    return found
 
 
 def cited_keys(sources) -> list[str]:
@@ -253,6 +272,12 @@ class MystConverter:
     ``docname`` is the notebook's name in filters. The copy sees one notebook, so ``cited``
     in a filter means "cited in this notebook" too.
 
+    ``targets`` maps each ``(label)=`` target of the book to (document, the heading after
+    it), see :func:`targets_of`: a ``{ref}`` to this page becomes an anchor link, one to
+    another chapter a link to that chapter's copy (``05_x.ipynb#label``), and one to a page
+    without a copy plain text; without an explicit title it reads the heading, never the
+    bare label.
+
     ``{doc}`` becomes a link to the page's notebook (``[title](04_x.ipynb)``, which opens
     beside the copy in Jupyter and on Colab); when ``notebooks`` names the documents that
     have a student copy, a page outside it (the introduction, a Markdown page) becomes
@@ -260,8 +285,9 @@ class MystConverter:
     """
 
     def __init__(self, bib: dict[str, dict[str, str]] | None = None, chapter: int | None = None,
-                 cited: list[str] | None = None, docname: str = "", notebooks=None):
+                 cited: list[str] | None = None, docname: str = "", notebooks=None, targets=None):
         self.notebooks = set(notebooks) if notebooks is not None else None
+        self.targets: dict[str, tuple[str, str]] = dict(targets or {})
         self.bib = bib or {}
         self.chapter = chapter
         self.cited = list(cited) if cited is not None else None
@@ -301,9 +327,15 @@ class MystConverter:
             link = path if path.endswith((".ipynb", ".md")) else f"{path}.ipynb"
             return f"[{text}]({link})"
         if name in ("ref", "numref"):
-            # Targets become anchors (see _lines), so a reference within the page still links.
-            text = title or self.exercises.get(target, target)
-            return f"[{text}](#{target.strip()})"
+            label = target.strip()
+            doc, heading = self.targets.get(label, (None, None))
+            text = title or self.exercises.get(label) or heading or label
+            if doc is None or doc == self.docname:
+                # Targets become anchors (see _lines), so a reference within the page still links.
+                return f"[{text}](#{label})"
+            if self.notebooks is not None and doc not in self.notebooks:
+                return text  # a page with no student copy: a link would lead nowhere
+            return f"[{text}]({doc}.ipynb#{label})"  # the other chapter's copy, beside this one
         if name in ("eq", "term"):
             return title or target
         if name == "math":

@@ -51,7 +51,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._myst import MYST_SYNTAX, MystConverter, cited_keys, directives, parse_bibtex
+from ._myst import MYST_SYNTAX, MystConverter, cited_keys, directives, parse_bibtex, targets_of
 
 __all__ = ["BEGIN", "END", "SOLUTION_SOURCE_TAG", "make_student_notebook", "write_student_notebooks"]
 
@@ -87,6 +87,11 @@ NOTICE = (
     "> Write the answers to the other exercises in the \"Your answer\" cells."
 )
 ANSWER_CELL = "**Your answer:**\n\n"
+# The chapter's pointer to its student copy, which inside the copy points to itself.
+_THIS_IS_THE_COPY = re.compile(r"Work on these exercises in your own copy of this chapter: \[open the student copy "
+                               r"in Colab\]\([^)\s]*\)(?: \([^()]*\))?\.?")
+THIS_IS_THE_COPY = ("This notebook is your copy of this chapter, with the solutions removed: work on the "
+                    "exercises here (on Colab, save a copy to your Drive first: *File → Save a copy in Drive*).")
 HIDDEN_SOURCE_NOTE = (
     "> *The book shows the library's code for this step here. The student copy leaves it out,\n"
     "> because writing it is one of this chapter's exercises.*"
@@ -185,14 +190,16 @@ def _new_markdown(source: str, cell_id: str):
 
 
 def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None, chapter: int | None = None,
-                          notebooks=None):
+                          notebooks=None, targets: dict | None = None):
     """Return the student copy of the chapter notebook ``nb`` (an nbformat v4 node); ``nb`` is not changed.
 
     ``name`` is used in error messages, and its leading number (``04_x.ipynb``) numbers the
     exercises unless ``chapter`` is given. ``bib`` holds the bibliography that citations
     and reference lists are resolved from (see :func:`geoattn.course._myst.parse_bibtex`).
     ``notebooks``, if given, names (without ``.ipynb``) the chapters that get a copy beside
-    this one: a ``{doc}`` link to any other page becomes plain text.
+    this one: a ``{doc}`` link to any other page becomes plain text. ``targets`` holds the
+    ``(label)=`` targets of the other chapters (see :func:`geoattn.course._myst.targets_of`), so
+    a ``{ref}`` to one links to that chapter's copy.
     """
     from nbformat import NotebookNode
 
@@ -260,10 +267,13 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
         raise ValueError(f"{_where(name, open_at)}: solution-start for {open_label} has no solution-end")
     # A reference list holds the works that the copy's own text cites (solutions are gone),
     # wherever in the notebook they are cited; exercises are numbered in order.
+    docname = Path(name).stem
+    known = {**(targets or {}), **targets_of((src for _, src, _ in markdown), docname)}
+
     def new_converter():
         return MystConverter(bib, chapter if chapter is not None else _chapter_number(name),
-                             cited=cited_keys(src for _, src, _ in markdown), docname=Path(name).stem,
-                             notebooks=notebooks)
+                             cited=cited_keys(src for _, src, _ in markdown), docname=docname,
+                             notebooks=notebooks, targets=known)
 
     numbering = new_converter()  # a first pass numbers the exercises, so that a {ref} to a
     for _, src, where in markdown:  # later one still reads "Exercise 4.2"
@@ -271,7 +281,7 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
     converter = new_converter()
     converter.exercises.update(numbering.exercises)
     for cell, src, where in markdown:
-        cell.source = converter.convert(src, where)
+        cell.source = _THIS_IS_THE_COPY.sub(THIS_IS_THE_COPY, converter.convert(src, where))
     student.metadata = NotebookNode(_clean_metadata(student.metadata, _NOTEBOOK_METADATA, f"{name}, metadata"))
     student.cells = cells
     return student
@@ -365,9 +375,14 @@ def write_student_notebooks(src_dir: str | Path, out_dir: str | Path, *, force: 
     bib = parse_bibtex(bib_path.read_text(encoding="utf-8"), str(bib_path)) if bib_path.is_file() else {}
     # Convert and check everything first, so an error in one chapter leaves out_dir untouched.
     copies = []
-    for path in sources:
-        nb = read_notebook(path)
-        student = make_student_notebook(nb, name=str(path), bib=bib, notebooks=[s.stem for s in sources])
+    chapters = [(path, read_notebook(path)) for path in sources]
+    targets: dict = {}
+    for path, nb in chapters:  # so that a {ref} to another chapter links to its copy
+        targets.update(targets_of((c.source for c in nb.cells if c.get("cell_type") == "markdown"
+                                   and isinstance(c.get("source"), str)), path.stem))
+    for path, nb in chapters:
+        student = make_student_notebook(nb, name=str(path), bib=bib, notebooks=[s.stem for s in sources],
+                                        targets=targets)
         copies.append((out_dir / path.name, _with_notice(student)))
     for dest, _ in copies:
         if not (dest.exists() or dest.is_symlink()):
@@ -411,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ += ["MYST_SYNTAX", "read_notebook", "atomic_write_text"]
+__all__ += ["MYST_SYNTAX", "read_notebook", "atomic_write_text", "targets_of", "THIS_IS_THE_COPY"]
 
 if __name__ == "__main__":
     sys.exit(main())
