@@ -286,7 +286,9 @@ def test_patching_the_harness_in_the_notebook_does_not_pass(graded):
 @pytest.mark.parametrize("student, what", [("linus", "symbolic link"), ("lara", "symbolic link"),
                                            ("harry", "hard link")])
 def test_links_are_refused_naming_the_file(graded, student, what):
-    (row,) = _rows(graded, student).values()
+    rows = _rows(graded, student)
+    row = rows.pop("*")
+    assert {r["status"] for r in rows.values()} <= {"missing"}  # lara's chapter is unknown: not handed in
     assert row["status"] == "notebook error"
     assert row["detail"].startswith("refused: ") and what in row["detail"]
     assert (NAME if student != "lara" else "lara.ipynb") in row["detail"]

@@ -730,8 +730,11 @@ def totals(rows: list[Row]) -> dict[str, tuple[float, float]]:
     return {s: (a, b) for s, (a, b) in out.items()}
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
+def _failure_key(text: str) -> str:
+    """What a failure has in common with others: the slip the check named, else its first line."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    cause = next((line for line in lines if line.startswith("likely cause:")), None)
+    return cause or (lines[0] if lines else "")
 
 
 def summary_markdown(rows: list[Row]) -> str:
@@ -752,7 +755,7 @@ def summary_markdown(rows: list[Row]) -> str:
             lines.append(f"| {notebook} | {exercise} | (answered in words) | {answered} answered | {len(group)} | |")
             continue
         passed = sum(r.status == PASSED for r in group)
-        failures = collections.Counter(_first_line(r.detail) or r.status for r in group if r.status != PASSED)
+        failures = collections.Counter(_failure_key(r.detail) or r.status for r in group if r.status != PASSED)
         common = ""
         if failures:
             text, n = failures.most_common(1)[0]
@@ -848,7 +851,7 @@ _SETUP = """#!/usr/bin/env bash
 # Gradescope's image setup: Python's packages, then this library at the release in the zip.
 set -e
 apt-get update && apt-get install -y python3 python3-pip
-python3 -m pip install {requirement}
+python3 -m pip install {requirement} nbformat ipython
 """
 
 

@@ -9,7 +9,9 @@ Whatever comes back (a complex or meta tensor, the wrong dtype, an exception who
 ``str()`` fails) ends as a ✗ with a reason, never as a crash of the check.
 
 When the environment names a file in ``GEOATTN_CHECK_LOG``, each verdict is also appended
-there as one JSON line: that is how ``python -m geoattn.course.grade`` collects them.
+there as one JSON line. That log is a convenience for a student's own tools, never a grade:
+the student's code can write to it too, so ``python -m geoattn.course.grade`` does not read
+it; the grader runs every check itself, in its own process (see its docstring).
 """
 from __future__ import annotations
 
