@@ -421,3 +421,53 @@ def test_importing_the_grader_does_not_import_torch():
     code = "import sys, geoattn.course.grade; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------ the wire between grader and worker
+
+def test_results_cross_as_data_and_anything_malformed_is_refused():
+    import torch
+
+    from geoattn.course import _sandbox
+
+    value = (torch.randn(2, 3, dtype=torch.bfloat16), torch.tensor([1 + 2j]), torch.ones(0, 4, dtype=torch.bool),
+             torch.empty(3, device="meta"), [torch.float16, 3, 2.5, float("nan"), None, "s"],
+             torch.nn.Linear(3, 2, dtype=torch.float64))
+    tree, buffers = _sandbox.encode(value)
+    json.dumps(tree)  # plain JSON beside raw bytes: nothing for pickle to run
+    back = _sandbox.decode(tree, buffers)
+    assert torch.equal(back[0], value[0]) and torch.equal(back[1], value[1]) and back[2].shape == (0, 4)
+    assert back[3].device.type == "meta" and back[4][:3] == [torch.float16, 3, 2.5] and back[4][3] != back[4][3]
+    assert torch.equal(back[5].weight, value[5].weight) and torch.equal(back[5].bias, value[5].bias)
+
+    class Numpyish:
+        def __float__(self):
+            return 0.25
+
+    odd = _sandbox.decode(*_sandbox.encode(Numpyish()))
+    assert type(odd).__name__ == "Numpyish" and float(odd) == 0.25
+    good, data = _sandbox.encode(torch.zeros(4))
+    for bad, bufs in [({"tensor": "float32", "shape": [5], "buf": 0}, data),  # bytes do not match
+                      ({"tensor": "Tensor", "shape": [4], "buf": 0}, data),  # not a dtype
+                      ({"tensor": "float32", "shape": [-4], "buf": 0}, data),
+                      ({"tensor": "float32", "shape": [4], "buf": 3}, data),
+                      ({"pickle": "cos\nsystem\n"}, []), ([1, 2], [])]:
+        with pytest.raises(_sandbox.ProtocolError):
+            _sandbox.decode(bad, bufs)
+
+
+def test_a_silent_pipe_is_a_timeout_never_a_wait():
+    import time
+
+    from geoattn.course import _sandbox
+
+    read, write = os.pipe()
+    try:
+        os.write(write, b"\x00\x00")  # half a header, then nothing, and the writer stays open
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            _sandbox.receive(read, time.monotonic() + 0.3)
+        assert time.monotonic() - start < 2
+    finally:
+        os.close(read)
+        os.close(write)
