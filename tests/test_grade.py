@@ -375,6 +375,8 @@ def test_gradescope_results_and_autograder_zip(graded, tmp_path):
         names = set(z.namelist())
         assert {"setup.sh", "run_autograder", f"reference/{NAME}"} <= names
         assert "--gradescope /autograder/results/results.json" in z.read("run_autograder").decode()
+        assert "nbformat ipython" in z.read("setup.sh").decode()  # what the worker needs besides geoattn
+        assert z.getinfo("run_autograder").external_attr >> 16 & 0o111  # Gradescope executes it
 
 
 def test_points_files_are_read_and_bad_ones_refused(tmp_path):

@@ -855,6 +855,17 @@ python3 -m pip install {requirement} nbformat ipython
 """
 
 
+def _release_requirement() -> str:
+    """This version's tagged source archive: pip installs it without git (Gradescope's image has none)."""
+    try:
+        from importlib.metadata import version
+
+        tag = f"v{version('geoattn')}"
+    except Exception:  # not installed: the teacher passes --requirement
+        return "geoattn"
+    return f"https://github.com/geoattn-book/geoattn/archive/refs/tags/{tag}.tar.gz"
+
+
 def build_gradescope_zip(out: str | Path, reference: str | Path, *, requirement: str, points: str | Path | None = None,
                          hidden: str | Path | None = None) -> Path:
     """Write Gradescope's autograder zip: ``setup.sh``, ``run_autograder`` and the reference chapters."""
@@ -897,8 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradescope", metavar="RESULTS_JSON",
                         help="grade SUBMISSIONS as one student's submission and write Gradescope's results.json")
     parser.add_argument("--gradescope-zip", metavar="ZIP", help="write Gradescope's autograder zip and stop")
-    parser.add_argument("--requirement", default="geoattn",
-                        help="what setup.sh installs in the autograder zip (default: geoattn)")
+    parser.add_argument("--requirement", default=_release_requirement(),
+                        help="what setup.sh installs in the autograder zip (default: this release's "
+                             "source archive on GitHub)")
     args = parser.parse_args(argv)
     try:
         reference = args.reference or default_reference()
