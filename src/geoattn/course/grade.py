@@ -672,8 +672,8 @@ def grade_submissions(folder: str | Path, *, timeout: float = 600.0, reference: 
         try:
             if references and chapter is None and not path.is_symlink():
                 chapter = match_chapter(path.name, read_notebook(path), references)
-        except (ValueError, RecursionError):
-            pass  # unreadable: grade_notebook reports it
+        except Exception:  # unreadable: grade_notebook reports it as this notebook's row
+            pass
         if chapter is not None and chapter in handed_in[student]:
             rows.append(Row(student, chapter, "*", "", NOTEBOOK_ERROR, f"{path.name} is a second notebook "
                             f"for {chapter}; only the first is graded", file=path.name))
