@@ -184,6 +184,12 @@ def graded(tmp_path_factory):
         if "def my_softmax" in cell.source:
             cell.source = HARD_WIRED
     _write(hard, subs / "hank" / NAME)
+    dies = _chapter()
+    for cell in dies.cells:
+        if "def my_softmax" in cell.source:
+            cell.source = ("import os\ndef my_softmax(x):\n    os._exit(3)\n"
+                           "geoattn.course.checks.check_softmax(my_softmax)")
+    _write(dies, subs / "kurt" / NAME)
     (subs / "pete").mkdir()  # handed in nothing
     sentinel = subs / "alice" / "notes.txt"
     sentinel.write_text("the teacher's file")
@@ -218,7 +224,7 @@ def test_the_report_has_one_row_per_student_and_exercise(graded):
     assert len(keys) == len(set(keys))
     assert {r["student"] for r in graded["rows"]} == {
         "alice", "bob", "carol", "dave", "erin", "frank", "gina", "mallory", "oscar", "linus", "lara", "harry",
-        "ellen", "tim", "nina", "dora", "hank", "pete"}
+        "ellen", "tim", "nina", "dora", "hank", "kurt", "pete"}
     assert list(graded["rows"][0]) == grade.COLUMNS
 
 
@@ -304,6 +310,13 @@ def test_switching_off_the_alarm_does_not_lift_the_time_limit(graded):
     rows = _rows(graded, "tim")
     assert rows["check_softmax"]["status"] == "timed out"
     assert rows["check_causal_mask"]["status"] == "passed"  # a fresh worker, for the next check
+
+
+def test_a_function_that_ends_its_process_is_an_error_and_the_next_check_still_runs(graded):
+    rows = _rows(graded, "kurt")
+    assert rows["check_softmax"]["status"] == "notebook error"
+    assert "stopped while the check ran" in rows["check_softmax"]["detail"]
+    assert rows["check_causal_mask"]["status"] == "passed"
 
 
 def test_deeply_nested_json_is_that_notebooks_error_only(graded):

@@ -309,7 +309,7 @@ class _Session:
         except subprocess.TimeoutExpired:  # the reaper itself is stuck or stopped: do its job
             try:
                 os.kill(self.reaper.pid, signal.SIGSTOP)
-                self.sandbox.kill_descendants(self.reaper.pid)
+                self.sandbox.kill_descendants(self.reaper.pid, rounds=20, reap=False)
                 os.killpg(self.reaper.pid, signal.SIGKILL)
             except OSError:
                 pass
