@@ -443,6 +443,46 @@ SOLUTION_FORMS = {
         f"show_source(f)  # {SECRET}", metadata={"tags": [student.SOLUTION_SOURCE_TAG]})]),
 }
 
+# Every way MyST itself reads a solution directive (checked below with MyST's parser, so a
+# form that MyST would not render cannot pass for a test).
+_MD = lambda text: lambda: new_notebook(cells=[new_markdown_cell(text)])  # noqa: E731
+MYST_SOLUTION_FORMS = {
+    "tilde-fence": _MD(f"~~~{{solution}} ex-f\n{SECRET}\n~~~"),
+    "long-tilde-fence": _MD(f"~~~~~{{solution}} ex-f\n{SECRET}\n~~~~~"),
+    "four-colons": _MD(f"::::{{solution}} ex-f\n{SECRET}\n::::"),
+    "indented-three-spaces": _MD(f"   ```{{solution}} ex-f\n   {SECRET}\n   ```"),
+    "with-options": _MD(f":::{{solution}} ex-f\n:class: dropdown\n:label: sol-f\n\n{SECRET}\n:::"),
+    "yaml-options": _MD(f"```{{solution}} ex-f\n---\nclass: dropdown\n---\n{SECRET}\n```"),
+    "in-a-blockquote": _MD(f"Some text.\n\n> :::{{solution}} ex-f\n> {SECRET}\n> :::"),
+    "in-a-list": _MD(f"- item\n\n  ```{{solution}} ex-f\n  {SECRET}\n  ```"),
+    "nested-in-a-note": _MD(f"::::{{note}}\nSee.\n:::{{solution}} ex-f\n{SECRET}\n:::\n::::"),
+    "nested-backticks": _MD(f"````{{admonition}} Hint\n```{{solution}} ex-f\n{SECRET}\n```\n````"),
+    "in-the-exercise": _MD(f"::::{{exercise}} T\n:label: ex-f\nDo.\n:::{{solution}} ex-f\n{SECRET}\n:::\n::::"),
+    "eval-rst": _MD(f"```{{eval-rst}}\n.. solution:: ex-f\n\n   {SECRET}\n```"),
+    "eval-rst-start": _MD(f"```{{eval-rst}}\n.. Solution-Start:: ex-f\n```\n\n{SECRET}"),
+    "tilde-start-end": lambda: _with_block(new_markdown_cell(SECRET), start="~~~{solution-start} ex-f\n~~~",
+                                           end="~~~{solution-end}\n~~~"),
+    "start-in-a-quote": lambda: _with_block(new_markdown_cell(SECRET), start="> :::{solution-start} ex-f\n> :::"),
+}
+SOLUTION_FORMS.update(MYST_SOLUTION_FORMS)
+
+
+@pytest.mark.parametrize("form", sorted(MYST_SOLUTION_FORMS))
+def test_the_forms_are_solutions_as_myst_reads_them(form):
+    from geoattn.course._myst import directives
+
+    names = [name for cell in MYST_SOLUTION_FORMS[form]().cells for name, _ in directives(cell.source)]
+    assert {"solution", "solution-start"} & set(names), f"{form}: MyST would not read a solution here"
+
+
+def test_what_myst_does_not_read_as_a_directive_is_kept():
+    from geoattn.course._myst import directives
+
+    # Indented four spaces: a code block. In a {code-block}: text. Neither renders a solution.
+    assert directives(f"    :::{{solution}}\n    {SECRET}\n    :::") == []
+    assert directives(f"```{{code-block}} md\n:::{{solution}}\n{SECRET}\n:::\n```") == [("code-block", 0)]
+    assert directives("> ~~~{Note}\n> x\n> ~~~") == [("note", 1)]
+
 
 @pytest.mark.parametrize("form", sorted(SOLUTION_FORMS))
 def test_every_form_of_a_solution_is_removed_or_refused(form):
@@ -791,3 +831,49 @@ def test_executed_student_copies_print_no_library_answer(executed):
     ch1 = nbformat.read(BOOK / CHAPTERS[0], as_version=4)
     assert _answer_lines(_solving_objects()["ex-01-softmax"][0]) & set(
         line.strip() for line in _all_outputs(ch1).splitlines())
+
+
+# ------------------------------------------------ links inside and between the copies
+
+_LINK = re.compile(r"\[(?P<text>[^\]]*)\]\((?P<href>[^)\s]*)\)")
+
+
+def _markdown(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_link_in_a_copy_reaches_an_anchor_or_a_copy(generated, chapter):
+    text = _markdown(nbformat.read(generated / chapter, as_version=4))
+    for link in _LINK.finditer(text):
+        href, label = link.group("href"), link.group("text")
+        assert not re.fullmatch(r"(sec|ex|ch\d)-[\w-]+", label), f"{chapter}: a raw label as link text: {label}"
+        if href.startswith(("http://", "https://")):
+            continue
+        doc, _, anchor = href.partition("#")
+        target = generated / doc if doc else generated / chapter
+        assert target.is_file(), f"{chapter}: [{label}]({href}) leads to no student copy"
+        if anchor:
+            assert f'<a id="{anchor}"></a>' in _markdown(nbformat.read(target, as_version=4)), (
+                f"{chapter}: [{label}]({href}): {target.name} has no anchor {anchor!r}")
+
+
+def test_a_ref_to_another_chapter_links_to_its_copy_and_reads_its_heading():
+    other = new_notebook(cells=[new_markdown_cell("(sec-far)=\n### Far away\n\nText.")])
+    targets = student.targets_of([other.cells[0].source], "05_far")
+    assert targets == {"sec-far": ("05_far", "Far away")}
+    here = new_notebook(cells=[new_markdown_cell("See {ref}`sec-far`, {ref}`there <sec-far>` and {ref}`sec-gone`.")])
+    out = make_student_notebook(here, "04_here.ipynb", notebooks=["04_here", "05_far"], targets=targets)
+    assert out.cells[0].source == "See [Far away](05_far.ipynb#sec-far), [there](05_far.ipynb#sec-far) and " \
+                                  "[sec-gone](#sec-gone)."
+    no_copy = make_student_notebook(here, "04_here.ipynb", notebooks=["04_here"], targets=targets)
+    assert no_copy.cells[0].source.startswith("See Far away, there and")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_copy_says_it_is_the_copy_and_drops_the_notation_link(generated, chapter):
+    original = _markdown(nbformat.read(BOOK / chapter, as_version=4))
+    text = _markdown(nbformat.read(generated / chapter, as_version=4))
+    assert "open the student copy" not in text
+    assert text.count(student.THIS_IS_THE_COPY) == original.count("open the student copy in Colab") > 0
+    assert "notation" not in " ".join(m.group("href") for m in _LINK.finditer(text))

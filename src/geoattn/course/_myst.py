@@ -9,7 +9,9 @@ bibliography the list of the works that the notebook cites, formatted from the B
 Anything this module does not know raises a ``ValueError``: a construct that is silently
 left in would show as literal syntax.
 
-No dependency beyond the standard library: ``import geoattn.course.student`` stays cheap.
+No dependency beyond the standard library at import: ``import geoattn.course.student`` stays
+cheap. :func:`directives` imports MyST's own parser (myst-parser, or markdown-it with its
+colon-fence plugin) when first called.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import re
 import unicodedata
 from pathlib import Path
 
-__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX"]
+__all__ = ["MystConverter", "parse_bibtex", "cited_keys", "format_reference", "MYST_SYNTAX", "directives",
+           "targets_of"]
 
-# A directive's opening fence: three or more backticks or colons, then {name}.
-_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
+# A directive's opening fence: three or more backticks, tildes or colons, then {name}.
+_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,}|:{3,})\{(?P<name>[^}\s]+)\}[ \t]*(?P<arg>.*)$")
 _OPTION = re.compile(r"^[ \t]*:(?P<key>[\w-]+):[ \t]*(?P<value>.*)$")
 _ROLE = re.compile(r"\{(?P<name>[\w:.-]+)\}`(?P<text>[^`]*)`")
 _TITLED = re.compile(r"^(?P<title>.*?)\s*<(?P<target>[^<>]+)>$", re.S)
@@ -30,7 +33,7 @@ _CITE_ROLES = ("cite", "cite:p", "cite:ps", "cite:t", "cite:ts")
 ENTRY_TYPE = "@type"  # parse_bibtex's key for an entry's type: not a possible field name
 
 # What a test looks for in a student copy: any leftover directive fence, role or target.
-MYST_SYNTAX = re.compile(r"^[ \t]*(`{3,}|:{3,})\{|\{[\w:.-]+\}`|^\([^)\s]+\)=[ \t]*$", re.M)
+MYST_SYNTAX = re.compile(r"^[ \t]*(`{3,}|~{3,}|:{3,})\{|\{[\w:.-]+\}`|^\([^)\s]+\)=[ \t]*$", re.M)
 
 _ADMONITIONS = {"note", "tip", "hint", "important", "warning", "caution", "attention", "danger",
                 "error", "seealso", "admonition"}
@@ -123,6 +126,24 @@ def _author_text(entry: dict[str, str], key: str) -> str:
     if len(names) == 2 and names[1] != "others":
         return f"{names[0]} and {names[1]}"
     return f"{names[0]} et al."
+
+
+_HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t#]*$")
+
+
+def targets_of(sources, docname: str) -> dict[str, tuple[str, str]]:
+    """``{label: (docname, heading)}`` for every ``(label)=`` target in ``sources`` (markdown
+    texts); the heading is the title of the section the target opens ("" if none follows)."""
+    found: dict[str, tuple[str, str]] = {}
+    for source in sources:
+        lines = source.split("\n")
+        for i, line in enumerate(lines):
+            target = _TARGET.match(line)
+            if target:
+                after = next((x for x in lines[i + 1:] if x.strip()), "")
+                heading = _HEADING.match(after)
+                found[target.group("label")] = (docname, heading.group("title") if heading else "")
+    return found
 
 
 def cited_keys(sources) -> list[str]:
@@ -251,6 +272,12 @@ class MystConverter:
     ``docname`` is the notebook's name in filters. The copy sees one notebook, so ``cited``
     in a filter means "cited in this notebook" too.
 
+    ``targets`` maps each ``(label)=`` target of the book to (document, the heading after
+    it), see :func:`targets_of`: a ``{ref}`` to this page becomes an anchor link, one to
+    another chapter a link to that chapter's copy (``05_x.ipynb#label``), and one to a page
+    without a copy plain text; without an explicit title it reads the heading, never the
+    bare label.
+
     ``{doc}`` becomes a link to the page's notebook (``[title](04_x.ipynb)``, which opens
     beside the copy in Jupyter and on Colab); when ``notebooks`` names the documents that
     have a student copy, a page outside it (the introduction, a Markdown page) becomes
@@ -258,8 +285,9 @@ class MystConverter:
     """
 
     def __init__(self, bib: dict[str, dict[str, str]] | None = None, chapter: int | None = None,
-                 cited: list[str] | None = None, docname: str = "", notebooks=None):
+                 cited: list[str] | None = None, docname: str = "", notebooks=None, targets=None):
         self.notebooks = set(notebooks) if notebooks is not None else None
+        self.targets: dict[str, tuple[str, str]] = dict(targets or {})
         self.bib = bib or {}
         self.chapter = chapter
         self.cited = list(cited) if cited is not None else None
@@ -299,9 +327,15 @@ class MystConverter:
             link = path if path.endswith((".ipynb", ".md")) else f"{path}.ipynb"
             return f"[{text}]({link})"
         if name in ("ref", "numref"):
-            # Targets become anchors (see _lines), so a reference within the page still links.
-            text = title or self.exercises.get(target, target)
-            return f"[{text}](#{target.strip()})"
+            label = target.strip()
+            doc, heading = self.targets.get(label, (None, None))
+            text = title or self.exercises.get(label) or heading or label
+            if doc is None or doc == self.docname:
+                # Targets become anchors (see _lines), so a reference within the page still links.
+                return f"[{text}](#{label})"
+            if self.notebooks is not None and doc not in self.notebooks:
+                return text  # a page with no student copy: a link would lead nowhere
+            return f"[{text}]({doc}.ipynb#{label})"  # the other chapter's copy, beside this one
         if name in ("eq", "term"):
             return title or target
         if name == "math":
@@ -427,3 +461,59 @@ class MystConverter:
         if leftover:
             raise ValueError(f"{where}: MyST syntax {leftover.group(0)!r} would reach the student copy")
         return text
+
+
+# ------------------------------------------------------------- what MyST reads as a directive
+
+_PARSER = None
+# Directives whose content MyST does not parse as Markdown: a fence inside them is text.
+_LITERAL_DIRECTIVES = {"code", "code-block", "code-cell", "sourcecode", "math", "raw", "literalinclude", "csv-table"}
+_RST_DIRECTIVE = re.compile(r"^[ \t>]*\.\.[ \t]+(?P<name>[\w:+-]+)[ \t]*::", re.M)
+
+
+def _parser():
+    """The block parser MyST itself uses (the book enables colon_fence, dollarmath, amsmath)."""
+    global _PARSER
+    if _PARSER is None:
+        try:
+            from markdown_it.renderer import RendererHTML
+            from myst_parser.config.main import MdParserConfig
+            from myst_parser.parsers.mdit import create_md_parser
+
+            _PARSER = create_md_parser(MdParserConfig(enable_extensions={"colon_fence", "dollarmath", "amsmath"}),
+                                       RendererHTML)
+        except ImportError:  # myst-parser missing: markdown-it and the plugin MyST builds on
+            from markdown_it import MarkdownIt
+            from mdit_py_plugins.colon_fence import colon_fence_plugin
+
+            _PARSER = MarkdownIt("commonmark").use(colon_fence_plugin)
+    return _PARSER
+
+
+def directives(source: str, depth: int = 0) -> list[tuple[str, int]]:
+    """Every directive MyST would run in ``source``, as (lower-case name, depth), in order.
+
+    Depth 0 is a directive at the top level of the cell; deeper ones sit in a quote, a
+    list item or another directive's content. MyST matches directive names without regard
+    to case, reads backtick, tilde and colon fences of three or more characters indented up
+    to three spaces, and parses most directives' content as MyST again, so this does too.
+    Inside ``{eval-rst}``, reStructuredText directives (``.. solution::``) count, one level down.
+    """
+    found: list[tuple[str, int]] = []
+    if depth > 20:
+        return found
+    for token in _parser().parse(source):
+        if token.type not in ("fence", "colon_fence"):
+            continue
+        info = (token.info or "").strip().split(maxsplit=1)
+        word = info[0] if info else ""
+        if not (word.startswith("{") and word.endswith("}")):
+            continue
+        name = word[1:-1].lower()
+        level = depth + (token.level > 0)
+        found.append((name, level))
+        if name == "eval-rst":
+            found += [(m.group("name").lower(), level + 1) for m in _RST_DIRECTIVE.finditer(token.content)]
+        elif name not in _LITERAL_DIRECTIVES:
+            found += directives(token.content, level + 1)
+    return found

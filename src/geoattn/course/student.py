@@ -51,7 +51,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._myst import MYST_SYNTAX, MystConverter, cited_keys, parse_bibtex
+from ._myst import MYST_SYNTAX, MystConverter, cited_keys, directives, parse_bibtex, targets_of
 
 __all__ = ["BEGIN", "END", "SOLUTION_SOURCE_TAG", "make_student_notebook", "write_student_notebooks"]
 
@@ -59,9 +59,11 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 SOLUTION_SOURCE_TAG = "solution-source"
 
-# A MyST directive opening line, with a backtick or colon fence (colon_fence is enabled).
-# Sphinx matches directive names case-insensitively ({Solution} renders), so we do too.
-_DIRECTIVE = r"^\s*(?:`{3,}|:{3,})\{%s\}"
+# A MyST directive opening line, with a backtick, tilde or colon fence (colon_fence is
+# enabled); docutils matches directive names case-insensitively ({Solution} renders), so we
+# do too. Markdown cells are read with MyST's own parser (_myst.directives); these patterns
+# are for raw cells and metadata, where any such line is suspect.
+_DIRECTIVE = r"^\s*(?:`{3,}|~{3,}|:{3,})\{%s\}"
 _SOLUTION_START = re.compile(_DIRECTIVE % r"solution-start", re.M | re.I)
 _SOLUTION_END = re.compile(_DIRECTIVE % r"solution-end", re.M | re.I)
 _SOLUTION = re.compile(_DIRECTIVE % r"solution", re.M | re.I)
@@ -85,6 +87,11 @@ NOTICE = (
     "> Write the answers to the other exercises in the \"Your answer\" cells."
 )
 ANSWER_CELL = "**Your answer:**\n\n"
+# The chapter's pointer to its student copy, which inside the copy points to itself.
+_THIS_IS_THE_COPY = re.compile(r"Work on these exercises in your own copy of this chapter: \[open the student copy "
+                               r"in Colab\]\([^)\s]*\)(?: \([^()]*\))?\.?")
+THIS_IS_THE_COPY = ("This notebook is your copy of this chapter, with the solutions removed: work on the "
+                    "exercises here (on Colab, save a copy to your Drive first: *File → Save a copy in Drive*).")
 HIDDEN_SOURCE_NOTE = (
     "> *The book shows the library's code for this step here. The student copy leaves it out,\n"
     "> because writing it is one of this chapter's exercises.*"
@@ -139,6 +146,29 @@ def _stub_solution(source: str, where: str, label: str | None) -> tuple[str, int
     return (text + "\n" if source.endswith("\n") else text), n
 
 
+_SOLUTION_NAMES = ("solution", "solution-start", "solution-end")
+
+
+def _solution_directives(src: str, cell_type: str, where: str) -> tuple[int, int, int]:
+    """How many solution-start, solution-end and solution directives the cell opens at its top level.
+
+    A markdown cell is read as MyST reads it, so every fence MyST accepts counts; a solution
+    directive nested in a quote, a list, another directive or ``{eval-rst}`` is refused,
+    because dropping the cell around it could drop the exercise, and keeping it would hand
+    out the answer.
+    """
+    if cell_type == "raw":
+        return (len(_SOLUTION_START.findall(src)), len(_SOLUTION_END.findall(src)),
+                len(_SOLUTION.findall(src)))
+    found = directives(src)
+    nested = [name for name, depth in found if depth > 0 and name in _SOLUTION_NAMES]
+    if nested:
+        raise ValueError(f"{where}: a {{{nested[0]}}} directive inside a quote, a list or another directive; "
+                         "put each solution directive at the top level of a markdown cell of its own")
+    top = [name for name, _ in found]
+    return top.count("solution-start"), top.count("solution-end"), top.count("solution")
+
+
 def _clean_metadata(metadata, keep: tuple[str, ...], where: str):
     kept = {key: copy.deepcopy(metadata[key]) for key in keep if key in metadata}
     if _MARKER_LIKE.search(json.dumps(kept)) or _SOLUTION.search(json.dumps(kept).replace("\\n", "\n")):
@@ -160,14 +190,16 @@ def _new_markdown(source: str, cell_id: str):
 
 
 def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None, chapter: int | None = None,
-                          notebooks=None):
+                          notebooks=None, targets: dict | None = None):
     """Return the student copy of the chapter notebook ``nb`` (an nbformat v4 node); ``nb`` is not changed.
 
     ``name`` is used in error messages, and its leading number (``04_x.ipynb``) numbers the
     exercises unless ``chapter`` is given. ``bib`` holds the bibliography that citations
     and reference lists are resolved from (see :func:`geoattn.course._myst.parse_bibtex`).
     ``notebooks``, if given, names (without ``.ipynb``) the chapters that get a copy beside
-    this one: a ``{doc}`` link to any other page becomes plain text.
+    this one: a ``{doc}`` link to any other page becomes plain text. ``targets`` holds the
+    ``(label)=`` targets of the other chapters (see :func:`geoattn.course._myst.targets_of`), so
+    a ``{ref}`` to one links to that chapter's copy.
     """
     from nbformat import NotebookNode
 
@@ -183,7 +215,7 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
             raise ValueError(f"{where}: not a notebook cell (cell_type {cell_type!r}, a 'source' string)")
         src = cell.source
         if cell_type in ("markdown", "raw"):
-            starts, ends = len(_SOLUTION_START.findall(src)), len(_SOLUTION_END.findall(src))
+            starts, ends, solutions = _solution_directives(src, cell_type, where)
             if starts > 1 or ends > 1 or (starts and ends):
                 raise ValueError(f"{where}: put each solution-start/solution-end directive in its own "
                                  "markdown cell")
@@ -203,8 +235,8 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
                 continue
             if open_label is not None:
                 continue  # a written-out answer: never in the student copy
-            if _SOLUTION.search(src):
-                if _EXERCISE.search(src):
+            if solutions:
+                if _EXERCISE.search(src) or (cell_type == "markdown" and "exercise" in dict(directives(src))):
                     raise ValueError(f"{where}: put the {{solution}} directive in a cell of its own, "
                                      "apart from the exercise")
                 continue
@@ -235,10 +267,13 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
         raise ValueError(f"{_where(name, open_at)}: solution-start for {open_label} has no solution-end")
     # A reference list holds the works that the copy's own text cites (solutions are gone),
     # wherever in the notebook they are cited; exercises are numbered in order.
+    docname = Path(name).stem
+    known = {**(targets or {}), **targets_of((src for _, src, _ in markdown), docname)}
+
     def new_converter():
         return MystConverter(bib, chapter if chapter is not None else _chapter_number(name),
-                             cited=cited_keys(src for _, src, _ in markdown), docname=Path(name).stem,
-                             notebooks=notebooks)
+                             cited=cited_keys(src for _, src, _ in markdown), docname=docname,
+                             notebooks=notebooks, targets=known)
 
     numbering = new_converter()  # a first pass numbers the exercises, so that a {ref} to a
     for _, src, where in markdown:  # later one still reads "Exercise 4.2"
@@ -246,7 +281,7 @@ def make_student_notebook(nb, name: str = "notebook", *, bib: dict | None = None
     converter = new_converter()
     converter.exercises.update(numbering.exercises)
     for cell, src, where in markdown:
-        cell.source = converter.convert(src, where)
+        cell.source = _THIS_IS_THE_COPY.sub(THIS_IS_THE_COPY, converter.convert(src, where))
     student.metadata = NotebookNode(_clean_metadata(student.metadata, _NOTEBOOK_METADATA, f"{name}, metadata"))
     student.cells = cells
     return student
@@ -273,6 +308,8 @@ def read_notebook(path: Path):
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not a notebook (not JSON: {err.msg}, line {err.lineno})") from None
+    except RecursionError:  # a hostile file: JSON nested deeper than the parser's stack
+        raise ValueError(f"{path}: not a notebook (JSON nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ValueError(f"{path}: not a notebook (no list of 'cells')")
     for index, cell in enumerate(data["cells"]):
@@ -282,6 +319,8 @@ def read_notebook(path: Path):
             raise ValueError(f"{_where(str(path), index)}: the cell's 'source' is not text")
     try:
         return nbformat.reads(text, as_version=4)
+    except RecursionError:
+        raise ValueError(f"{path}: not a notebook (nested too deeply)") from None
     except Exception as err:  # nbformat raises several kinds for a broken notebook
         raise ValueError(f"{path}: not a valid notebook ({type(err).__name__}: {err})") from None
 
@@ -336,9 +375,14 @@ def write_student_notebooks(src_dir: str | Path, out_dir: str | Path, *, force: 
     bib = parse_bibtex(bib_path.read_text(encoding="utf-8"), str(bib_path)) if bib_path.is_file() else {}
     # Convert and check everything first, so an error in one chapter leaves out_dir untouched.
     copies = []
-    for path in sources:
-        nb = read_notebook(path)
-        student = make_student_notebook(nb, name=str(path), bib=bib, notebooks=[s.stem for s in sources])
+    chapters = [(path, read_notebook(path)) for path in sources]
+    targets: dict = {}
+    for path, nb in chapters:  # so that a {ref} to another chapter links to its copy
+        targets.update(targets_of((c.source for c in nb.cells if c.get("cell_type") == "markdown"
+                                   and isinstance(c.get("source"), str)), path.stem))
+    for path, nb in chapters:
+        student = make_student_notebook(nb, name=str(path), bib=bib, notebooks=[s.stem for s in sources],
+                                        targets=targets)
         copies.append((out_dir / path.name, _with_notice(student)))
     for dest, _ in copies:
         if not (dest.exists() or dest.is_symlink()):
@@ -382,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ += ["MYST_SYNTAX", "read_notebook", "atomic_write_text"]
+__all__ += ["MYST_SYNTAX", "read_notebook", "atomic_write_text", "targets_of", "THIS_IS_THE_COPY"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,9 @@ Whatever comes back (a complex or meta tensor, the wrong dtype, an exception who
 ``str()`` fails) ends as a ✗ with a reason, never as a crash of the check.
 
 When the environment names a file in ``GEOATTN_CHECK_LOG``, each verdict is also appended
-there as one JSON line: that is how ``python -m geoattn.course.grade`` collects them.
+there as one JSON line. That log is a convenience for a student's own tools, never a grade:
+the student's code can write to it too, so ``python -m geoattn.course.grade`` does not read
+it; the grader runs every check itself, in its own process (see its docstring).
 """
 from __future__ import annotations
 
@@ -176,23 +178,66 @@ class _TookTooLong(BaseException):
     own ``except Exception`` cannot swallow it (and a student's TimeoutError stays theirs)."""
 
 
+#: Seconds past the limit after which the watchdog interrupts a call whose alarm was switched off.
+WATCHDOG_GRACE = 1.0
+
+
+def _start_watchdog(thread_id: int, after: float) -> Callable[[], None]:
+    """Raise _TookTooLong in thread ``thread_id`` after ``after`` s, every 0.2 s, until stopped.
+
+    The returned function stops it and withdraws an exception not yet delivered; the lock
+    keeps the watchdog from raising one between those two steps.
+    """
+    import ctypes
+
+    set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    lock, done = threading.Lock(), threading.Event()
+
+    def watch():
+        if done.wait(after):
+            return
+        while True:
+            with lock:
+                if done.is_set():
+                    return
+                set_async(ctypes.c_ulong(thread_id), ctypes.py_object(_TookTooLong))
+            if done.wait(0.2):
+                return
+
+    threading.Thread(target=watch, daemon=True, name="geoattn-check-watchdog").start()
+
+    def stop():
+        with lock:
+            done.set()
+            set_async(ctypes.c_ulong(thread_id), None)  # NULL: withdraw a pending one
+
+    return stop
+
+
 def call_with_time_limit(fn: Callable, args: tuple, limit: float) -> tuple[str, Any]:
     """Call ``fn(*args)``: ("ok", result), ("raised", exception) or ("timeout", None).
 
     In the main thread of a POSIX process (a Jupyter kernel) an alarm interrupts the call;
     elsewhere the call runs in a daemon thread that is abandoned when the limit passes.
+    The alarm is the student's to switch off (``signal.setitimer(ITIMER_REAL, 0)``), so a
+    watchdog thread raises the same exception in the call :data:`WATCHDOG_GRACE` seconds
+    later, and again until the call ends. A function that swallows ``BaseException`` in a
+    loop still outlasts both: only the grader, which calls the function in another process,
+    enforces the limit against such code.
     """
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         def alarm(signum, frame):
             raise _TookTooLong
 
         previous = signal.signal(signal.SIGALRM, alarm)
+        stop_watchdog = _start_watchdog(threading.get_ident(), limit + WATCHDOG_GRACE)
         signal.setitimer(signal.ITIMER_REAL, limit)
         try:
             try:
                 return "ok", fn(*args)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                stop_watchdog()
         except _TookTooLong:
             return "timeout", None
         except Exception as err:  # the student's code may raise anything
