@@ -369,8 +369,21 @@ def test_autotune_key_is_bucketed():
     assert key(8, 1000) == key(8, 1024) == (1024, 8)
     assert key(5, 1025) == (2048, 8)
     assert key(1 << 20, 16) == (16, 4096)
+    # tuned at most at the cap: the longer lengths of a sweep reuse its config
+    assert key(1, 32768) == key(1, triton_kernels.TUNE_MAX_L) == (triton_kernels.TUNE_MAX_L, 1)
     assert triton_kernels._fwd_tuned.keys[:2] == ["L_KEY", "BH_KEY"]
     assert "L" not in triton_kernels._dq_tuned.keys and "L" not in triton_kernels._dkdv_tuned.keys
+
+
+def test_configs_longer_than_the_tuned_length_are_pruned():
+    from types import SimpleNamespace
+
+    configs = [SimpleNamespace(kwargs={"BLOCK_Q": q, "BLOCK_K": k}) for q, k in ((128, 16), (64, 16), (256, 32))]
+    prune = triton_kernels.prune_configs
+    assert prune(configs, {"L_KEY": 64}) == [configs[1]]
+    assert prune(configs, {"L_KEY": 128}) == configs[:2]
+    assert prune(configs, {"L_KEY": 4096}) == configs
+    assert prune(configs[::2], {"L_KEY": 64}) == [configs[0]]  # none fits: the smallest
 
 
 @pytest.mark.parametrize("block_size, small", [(16, None), (None, None)], ids=["streaming", "short-kernels"])
