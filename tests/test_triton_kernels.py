@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geoattn
+from helpers import BF16, needs_bf16
 
 triton_kernels = pytest.importorskip("geoattn.triton_kernels")
 
@@ -147,7 +148,8 @@ def test_zero_distance_weight_still_gets_its_gradient():
     assert grads[6][0].abs() > 1e-3 and grads[5][0].abs() > 1e-3
 
 
-@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 3e-3, 3e-3), (torch.bfloat16, 2e-2, 2e-2)])
+@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 3e-3, 3e-3),
+                                               pytest.param(torch.bfloat16, 2e-2, 2e-2, marks=needs_bf16)])
 def test_low_precision_inputs_give_v_dtype_close_to_the_fp32_reference(dtype, atol, rtol):
     """fp16/bf16 inputs: fp32 math inside, so the only extra error is the final rounding."""
     b, length, h = 2, 21, 3
@@ -301,7 +303,8 @@ def test_ids_in_the_reference_differ_from_no_ids():
                                                                       impl="naive"), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float16, 3e-3),
+                                         pytest.param(torch.bfloat16, 2e-2, marks=needs_bf16)])
 def test_sequence_and_chain_ids_in_low_precision(dtype, atol):
     """fp32, fp16, bf16: against the fp32 reference on the same (rounded) inputs."""
     b, length, h = 2, 19, 2
@@ -451,7 +454,7 @@ def test_gpu_autotuned_kernels_match_naive(length):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, BF16])
 def test_gpu_low_precision(dtype):
     low = make_inputs(1, 2, 300, 4, dtype=dtype)
     out = geoattn.geometric_attention(*low, impl="triton")
