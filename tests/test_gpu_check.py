@@ -360,3 +360,19 @@ def test_without_cuda_it_refuses_to_write_gpu_results(tmp_path):
     assert proc.returncode == 2
     assert "CUDA is not available" in proc.stderr and "--dry-run" in proc.stderr
     assert not out.exists()
+
+
+def test_what_the_gpu_run_imports_works_without_biotite():
+    """The lent GPU machines have no biotite: the run's modules, and geoattn's lazy names that
+    the tests use, must import with biotite unimportable."""
+    code = ("import sys; sys.modules['biotite'] = None\n"  # `import biotite` now raises ImportError
+            f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
+            "import geoattn, geoattn.flex, geoattn.triton_kernels\n"
+            "geoattn.geometric_attention, geoattn.random_geometric_inputs, geoattn.GeometricSelfAttention\n"
+            "from gpu import bench, correctness, preflight, report, suites\n"
+            "record = preflight.preflight('cpu')\n"
+            "assert record['ok'], record['problems']\n"
+            "print('ok')\n")
+    env = dict(_env_without_interpreter(), TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

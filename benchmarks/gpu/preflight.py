@@ -80,7 +80,7 @@ def preflight(device: str) -> dict:
         entry = _module(name)
         geo[name] = {"ok": entry["ok"], "error": entry["error"]}
     biotite = {"installed": importlib.util.find_spec("biotite") is not None,
-               "imported_by_the_run": "biotite" in sys.modules}
+               "imported_by_the_run": sys.modules.get("biotite") is not None}
     record = {"python": sys.version.split()[0], "executable": sys.executable, "modules": modules,
               "geoattn_modules": geo, "biotite": biotite, "gpu": _gpu(device), "compiler": _compiler()}
     problems = [f"{name} missing ({m['error']}), needed by {m['needed_by']}"
