@@ -10,7 +10,7 @@ run), so the work is ordered by value and each part has a slot of the budget
 
 1. ``preflight``: the modules the run imports and their versions, biotite (which must not
    be needed), the GPU and its bf16 support, the C compiler and Python headers that
-   Triton needs to build its launchers (benchmark/gpu/preflight.py).
+   Triton needs to build its launchers (benchmarks/gpu/preflight.py).
 2. ``correctness``, in a worker process: impl="triton" against impl="naive" in fp64, with
    inputs in fp32, fp16 and bf16; the forward and all seven gradients; a ragged L, a key
    mask, fully masked rows, coincident points, coordinates 1e4 Å from the origin; then
