@@ -19,7 +19,7 @@ were timed) after ``--warmup`` runs; CUDA events on a GPU,
 An out-of-memory failure is recorded as status "oom", not raised.
 
 Examples:
-    python benchmarks/bench_geometric.py --out bench_cpu.json           # CPU: naive vs chunked
+    python benchmarks/bench_geometric.py --out bench_cpu.json           # CPU: naive, chunked, compiled, flex
     python benchmarks/bench_geometric.py --shape encoder --out enc.json  # ESM3 structure encoder
 """
 from __future__ import annotations
@@ -92,6 +92,10 @@ def _attention_fn(impl: str, block_size: int | None):
 
     if impl == "compiled":  # torch.compile of the naive reference: what a compiler finds alone
         return torch.compile(functools.partial(geoattn.geometric_attention, impl="naive"))
+    if impl == "flex":  # the FlexAttention peer: torch.compile(flex_attention) with a score_mod
+        from geoattn.flex import flex_geometric_attention
+
+        return flex_geometric_attention
     kwargs = {} if block_size is None or impl == "naive" else {"block_size": block_size}
     return functools.partial(geoattn.geometric_attention, impl=impl, **kwargs)
 
@@ -175,12 +179,20 @@ def _peak_rss(method: str) -> int:
 
 # --- one configuration ----------------------------------------------------------------
 
+def _not_run(job: dict) -> str | None:
+    """Why a configuration cannot run on this device at all, or None."""
+    if job["impl"] == "flex" and job["pass_"] == "fwd+bwd" and job["device"] == "cpu":
+        return "skipped: FlexAttention has no backward pass on the CPU"
+    return None
+
+
 def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats=5, warmup=1,
             block_size=None, min_time=1.0, threads=None, d_model=128) -> dict:
     """Time and measure one configuration in this process; return one result row.
 
     ``first_call_s`` is the first full-size call's time: it includes torch.compile's
-    compilation and Triton's autotuning, which the timed runs (``median_ms``) exclude.
+    compilation (``compiled``, ``flex``) and Triton's autotuning, which the timed runs
+    (``median_ms``) exclude.
     """
     import gc
 
@@ -284,9 +296,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="sweep",
                    help="preset of L, H and B; --L, --H and --B override it")
-    p.add_argument("--impl", nargs="+", help="implementations: naive chunked compiled triton (the attention "
+    p.add_argument("--impl", nargs="+", help="implementations: naive chunked compiled flex triton (the attention "
                                              "function), esm-layer layer (whole layers, see LAYER_IMPLS); "
-                                             "default: naive chunked compiled esm-layer layer, and triton on a GPU")
+                                             "default: naive chunked compiled flex esm-layer layer, and triton "
+                                             "on a GPU")
     p.add_argument("--L", type=int, nargs="+", help="sequence lengths")
     p.add_argument("--H", type=int, nargs="+", help="numbers of heads")
     p.add_argument("--B", type=int, help="batch size")
@@ -329,7 +342,8 @@ def main(argv=None) -> dict:
     preset = SHAPES[args.shape]
     lengths, heads = args.L or preset["L"], args.H or preset["H"]
     batch = args.B or preset["B"]
-    impls = args.impl or ["naive", "chunked", "compiled", *LAYER_IMPLS, *(["triton"] if device == "cuda" else [])]
+    impls = args.impl or ["naive", "chunked", "compiled", "flex", *LAYER_IMPLS,
+                          *(["triton"] if device == "cuda" else [])]
     jobs = [dict(impl=i, length=n, h=h, b=batch, pass_=ps, device=device, dtype=args.dtype,
                  repeats=args.repeats, warmup=args.warmup, block_size=args.block_size, min_time=args.min_time,
                  threads=args.threads, d_model=args.d_model)
@@ -337,7 +351,11 @@ def main(argv=None) -> dict:
     load_start = os.getloadavg()
     rows = []
     for job in tqdm(jobs, desc="geometric attention", unit="config"):
-        if device == "cpu":
+        if _not_run(job):
+            row = {"impl": job["impl"], "L": job["length"], "H": job["h"], "B": job["b"], "pass": job["pass_"],
+                   "median_ms": None, "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None,
+                   "status": _not_run(job)}
+        elif device == "cpu":
             row = _measure_in_subprocess(job, args.timeout)
         else:
             row = measure(**job)

@@ -1,9 +1,16 @@
 """Inputs shared by the tests: one maker of geometric-attention inputs, one mask maker."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import geoattn
+
+# A T4 (sm_75) has no bf16 arithmetic: PyTorch emulates some of it, Triton none, so bf16
+# tests there would test the emulation. The CPU computes bf16 itself.
+_NO_BF16 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8
+needs_bf16 = pytest.mark.skipif(_NO_BF16, reason="this GPU has no bf16 arithmetic (compute capability < 8.0)")
+BF16 = pytest.param(torch.bfloat16, marks=needs_bf16, id="bfloat16")
 
 
 def make_inputs(seed: int = 0, b: int = 2, length: int = 5, h: int = 3, *, dtype=torch.float64, spread: float = 3.0,

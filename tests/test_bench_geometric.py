@@ -69,3 +69,16 @@ def test_quiet_check_refuses_on_a_busy_machine(bench, monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="load average"):
         bench.main(["--L", "16", "--H", "2", "--quiet-check", "--device", "cpu", "--out", str(out)])
     assert not out.exists()
+
+
+def test_flex_rows_time_the_forward_and_skip_the_cpu_backward(bench, tmp_path):
+    """The FlexAttention peer: its first call (compilation) apart from the median; no
+    backward pass on the CPU, so that row says why it did not run."""
+    out = tmp_path / "bench.json"
+    result = bench.main(["--L", "16", "--H", "2", "--repeats", "1", "--min-time", "0", "--impl", "flex",
+                         "--threads", "1", "--device", "cpu", "--out", str(out)])
+    fwd, bwd = result["rows"]
+    assert (fwd["impl"], fwd["pass"], fwd["status"]) == ("flex", "fwd", "ok"), fwd
+    assert fwd["first_call_s"] > 0 and fwd["median_ms"] > 0
+    assert bwd["pass"] == "fwd+bwd" and bwd["status"] == "skipped: FlexAttention has no backward pass on the CPU"
+    assert bwd["median_ms"] is None

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 import geoattn
 from geoattn import GeometricSelfAttention
 from geoattn.frames import random_rotation
+from helpers import BF16
 
 
 def make_layer(seed=0, d_model=12, n_heads=3, dtype=torch.float64, **kwargs):
@@ -100,7 +101,7 @@ def test_every_impl_gives_the_naive_output_and_gradients(impl):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, BF16])
 def test_layer_on_cuda_matches_the_cpu(dtype):
     layer = make_layer(10, dtype=torch.float32)
     x, rot, trans = make_inputs(10, length=33, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """Every Triton kernel compiles offline, without a GPU, for Colab's T4 (sm_75), the A100
 (sm_80) and the H100 (sm_90): no register spills, register headroom on sm_75, and the
-forward's cost per pair with chain ids within 10% of the plain forward's.
+forward's cost per pair with chain ids at most 3 instructions above the plain forward's.
 
 ``TRITON_INTERPRET=1`` (set by conftest on machines without CUDA) makes ``@triton.jit``
 return interpreted functions at decoration time, which cannot be compiled. So the
@@ -23,6 +23,9 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+# Needs no GPU: benchmarks/gpu_check.py leaves it out of its GPU run (-m "not offline").
+pytestmark = pytest.mark.offline
+
 from geoattn.contract import TRITON_BLOCK_SIZES  # noqa: E402
 
 ALL_FLAGS = {"has_mask": True, "has_seq": True, "has_chain": True, "split": True}
@@ -40,6 +43,8 @@ JOBS = [
 # sm_75 allows 255 registers per thread; a kernel this close to the limit is one change
 # away from spilling on Colab's T4.
 SM75_MAX_REGS = 232
+# Instructions per pair that chain ids may add to the forward's key loop (a compare, a select, one spare).
+CHAIN_EXTRA_PER_PAIR = 3.0
 
 SCRIPT = r"""
 import json, sys
@@ -96,9 +101,13 @@ def test_sm75_keeps_register_headroom(compiled):
             assert r["regs"] <= SM75_MAX_REGS, f"{r['kernel']} ({r['label']}) uses {r['regs']} registers on sm_75"
 
 
-def test_chain_ids_cost_the_forward_at_most_10_percent(compiled):
+def test_chain_ids_cost_the_forward_at_most_three_instructions_per_pair(compiled):
     """Per (i, j) pair in the forward's key loop, read from the SASS: chain ids add a
-    compare and a select to about 23.6 instructions."""
+    compare and a select, 2 instructions per pair; 3 allows one more for scheduling.
+
+    An absolute margin, not a ratio: the plain loop's length depends on the Triton version
+    (21.19 instructions per pair under Triton 3.6, about 23.6 under 3.9), the chain's two
+    instructions do not, so a 10% ratio failed on 3.6 (+2.19, i.e. +10.3%)."""
     cost = {r["label"]: r["per_pair"] for r in compiled if r["kernel"] == "_fwd_kernel" and r["cc"] == 90}
-    assert 15 < cost["plain"] <= 27, cost  # the plain loop: about 22-27 instructions per pair
-    assert cost["plain"] < cost["chain"] <= 1.10 * cost["plain"], cost
+    assert 15 < cost["plain"] <= 27, cost  # the plain loop: about 21-27 instructions per pair
+    assert cost["plain"] < cost["chain"] <= cost["plain"] + CHAIN_EXTRA_PER_PAIR, cost

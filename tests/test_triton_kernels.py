@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geoattn
+from helpers import BF16, needs_bf16
 
 triton_kernels = pytest.importorskip("geoattn.triton_kernels")
 
@@ -147,7 +148,8 @@ def test_zero_distance_weight_still_gets_its_gradient():
     assert grads[6][0].abs() > 1e-3 and grads[5][0].abs() > 1e-3
 
 
-@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 3e-3, 3e-3), (torch.bfloat16, 2e-2, 2e-2)])
+@pytest.mark.parametrize("dtype, atol, rtol", [(torch.float16, 3e-3, 3e-3),
+                                               pytest.param(torch.bfloat16, 2e-2, 2e-2, marks=needs_bf16)])
 def test_low_precision_inputs_give_v_dtype_close_to_the_fp32_reference(dtype, atol, rtol):
     """fp16/bf16 inputs: fp32 math inside, so the only extra error is the final rounding."""
     b, length, h = 2, 21, 3
@@ -301,7 +303,8 @@ def test_ids_in_the_reference_differ_from_no_ids():
                                                                       impl="naive"), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.float16, 3e-3),
+                                         pytest.param(torch.bfloat16, 2e-2, marks=needs_bf16)])
 def test_sequence_and_chain_ids_in_low_precision(dtype, atol):
     """fp32, fp16, bf16: against the fp32 reference on the same (rounded) inputs."""
     b, length, h = 2, 19, 2
@@ -369,8 +372,21 @@ def test_autotune_key_is_bucketed():
     assert key(8, 1000) == key(8, 1024) == (1024, 8)
     assert key(5, 1025) == (2048, 8)
     assert key(1 << 20, 16) == (16, 4096)
+    # tuned at most at the cap: the longer lengths of a sweep reuse its config
+    assert key(1, 32768) == key(1, triton_kernels.TUNE_MAX_L) == (triton_kernels.TUNE_MAX_L, 1)
     assert triton_kernels._fwd_tuned.keys[:2] == ["L_KEY", "BH_KEY"]
     assert "L" not in triton_kernels._dq_tuned.keys and "L" not in triton_kernels._dkdv_tuned.keys
+
+
+def test_configs_longer_than_the_tuned_length_are_pruned():
+    from types import SimpleNamespace
+
+    configs = [SimpleNamespace(kwargs={"BLOCK_Q": q, "BLOCK_K": k}) for q, k in ((128, 16), (64, 16), (256, 32))]
+    prune = triton_kernels.prune_configs
+    assert prune(configs, {"L_KEY": 64}) == [configs[1]]
+    assert prune(configs, {"L_KEY": 128}) == configs[:2]
+    assert prune(configs, {"L_KEY": 4096}) == configs
+    assert prune(configs[::2], {"L_KEY": 64}) == [configs[0]]  # none fits: the smallest
 
 
 @pytest.mark.parametrize("block_size, small", [(16, None), (None, None)], ids=["streaming", "short-kernels"])
@@ -438,7 +454,7 @@ def test_gpu_autotuned_kernels_match_naive(length):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, BF16])
 def test_gpu_low_precision(dtype):
     low = make_inputs(1, 2, 300, 4, dtype=dtype)
     out = geoattn.geometric_attention(*low, impl="triton")

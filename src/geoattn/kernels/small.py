@@ -15,13 +15,17 @@ import triton.language as tl
 
 from .common import _LN2, _chain_mask, _inv_norm, _score, _seq_base
 
+# B·H, H and L only index and bound; specializing on them (== 1, divisible by 16) would
+# compile a copy per batch shape. LP and HEADS are constexprs.
+_UNSPECIALIZED = ["BH", "H", "L"]
+
 
 @triton.jit
 def _planes3(ptr, offs, LP: tl.constexpr):
     return tl.load(ptr + offs), tl.load(ptr + LP + offs), tl.load(ptr + 2 * LP + offs)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALIZED)
 def _small_fwd_kernel(
     QR, KR, QD, KD, V, W, BIAS, SEQ, CHAIN, O, LSE,
     BH, H, L,
@@ -76,7 +80,7 @@ def _small_fwd_kernel(
     tl.store(LSE + g.to(tl.int64)[:, None] * LP + j[None, :], lse, mask=store)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALIZED)
 def _small_bwd_kernel(
     QR, KR, QD, KD, V, W, BIAS, SEQ, CHAIN, LSE, DELTA, DO,
     DQR, DKR, DQD, DKD, DV, DW,

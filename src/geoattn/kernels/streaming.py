@@ -24,8 +24,10 @@ import triton.language as tl
 from .common import _LN2, _chain_mask, _inv_norm, _load3, _mask_keys, _score, _seq_base, _store3
 
 # The autotuner's key (L_KEY, BH_KEY: buckets of L and B·H) is read by the launcher only;
-# specializing on it would compile one copy of each kernel per bucket.
-_UNSPECIALIZED = ["L_KEY", "BH_KEY"]
+# specializing on it would compile one copy of each kernel per bucket. H and L only index
+# and bound (no load's alignment depends on them: LP, kept specialized, is the stride), so
+# their specializations (== 1, divisible by 16) would only multiply the copies.
+_UNSPECIALIZED = ["H", "L", "L_KEY", "BH_KEY"]
 
 
 # ----------------------------------------------------------------------------------------
