@@ -85,10 +85,13 @@ def flex_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask
     c = (dist_weight.to(dtype) / math.sqrt(3.0)).contiguous()
     seq = None if sequence_id is None else sequence_id.contiguous()
 
-    def score_mod(s, bi, hi, qi, ki):
-        dx, dy, dz = qx[bi, hi, qi] - kx[bi, hi, ki], qy[bi, hi, qi] - ky[bi, hi, ki], qz[bi, hi, qi] - kz[bi, hi, ki]
-        # clamped: √ has an infinite derivative at 0, and coincident points must get gradient 0
-        s = s - c[hi] * torch.sqrt(torch.clamp_min(dx * dx + dy * dy + dz * dz, 1e-30))
+    def score_mod(s, bi, hi, qi, ki):  # s = the rotation term, q·k
+        dx = qx[bi, hi, qi] - kx[bi, hi, ki]
+        dy = qy[bi, hi, qi] - ky[bi, hi, ki]
+        dz = qz[bi, hi, qi] - kz[bi, hi, ki]
+        # clamped: √ has an infinite slope at 0; coincident points get 0
+        d2 = torch.clamp_min(dx * dx + dy * dy + dz * dz, 1e-30)
+        s = s - c[hi] * torch.sqrt(d2)
         if seq is not None:
             s = s + (seq[bi, qi] == seq[bi, ki]).to(s.dtype)
         return s
