@@ -1,16 +1,33 @@
-"""Masks of geometric attention, shared by every implementation.
+"""Masks of geometric attention and of scaled dot-product attention, shared by every
+implementation.
 
-Two kinds: ``key_mask`` (B, L) removes keys, ``chain_id`` (B, L) removes each (query, key)
-pair whose residues lie in different chains. Masked keys are neutralised with ``where``
-before any arithmetic, never by multiplying or adding, so that NaN or inf stored at a
-masked position can reach neither the output nor a gradient.
+Two kinds of mask: ``key_mask`` (B, L) removes keys, ``chain_id`` (B, L) removes each
+(query, key) pair whose residues lie in different chains (a dense (…, L_q, L_k) mask, as
+``scaled_dot_product_attention`` takes, may do either).
+
+A masked pair must never influence an output or a gradient. Weighting it by exactly 0 is
+not enough: 0 · NaN and 0 · inf are NaN, in P·V and in every product of the backward pass
+(dS · k, dS · ‖q − k‖), so a NaN in one chain would reach every query of the others. And a
+per-pair ``where`` inside the score tile would cost every pair a compare and a select. So
+the one mechanism, for every implementation:
+
+1. :func:`finite_part`: each non-finite input number is replaced by 0 before any
+   arithmetic (O(L) work), so the attention itself, forward and backward, sees only
+   finite numbers;
+2. the rows that read a non-finite number through a pair that the masks keep are found
+   in O(L) (:func:`over_keys` for ``key_mask`` and ``chain_id``, :func:`dense_reach` for a
+   dense mask), and :func:`nan_where` turns them into NaN afterwards, added to the output,
+   so that the gradient passes through unchanged.
+
+A row with no key left is never NaN: it returns zeros, whatever its own query holds.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["pair_mask", "zero_masked_keys"]
+__all__ = ["pair_mask", "zero_masked_keys", "finite_part", "chain_ranks", "over_keys", "dense_reach",
+           "nan_where", "finite_geometric_inputs", "finite_attention_inputs"]
 
 
 def pair_mask(key_mask: Tensor | None, chain_id: Tensor | None) -> Tensor | None:
@@ -28,3 +45,104 @@ def zero_masked_keys(key_mask: Tensor | None, *keys: Tensor) -> tuple[Tensor, ..
         return keys
     keep = key_mask[:, :, None, None]
     return tuple(torch.where(keep, k, torch.zeros((), dtype=k.dtype, device=k.device)) for k in keys)
+
+
+def finite_part(t: Tensor) -> Tensor:
+    """``t`` with every NaN and ±inf replaced by 0 (``where``: their gradient is 0)."""
+    return torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def nan_where(flags: Tensor, like: Tensor) -> Tensor:
+    """NaN where ``flags`` is True, 0 elsewhere, in ``like``'s dtype: added to an output."""
+    nan = torch.full((), float("nan"), dtype=like.dtype, device=like.device)
+    return torch.where(flags, nan, torch.zeros((), dtype=like.dtype, device=like.device))
+
+
+def chain_ranks(chain_id: Tensor) -> Tensor:
+    """(B, L) int64 in [0, L): equal within a batch row exactly where ``chain_id`` is equal.
+
+    A sort and a cumsum, no host synchronisation: chain ids may be any integers.
+    """
+    ordered, order = chain_id.to(torch.int64).sort(dim=1)
+    step = torch.zeros_like(ordered)
+    step[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.empty_like(step).scatter_(1, order, step.cumsum(1))
+
+
+def over_keys(x: Tensor, key_mask: Tensor | None, chain_id: Tensor | None, reduce: str, dim: int = 1) -> Tensor:
+    """For each query, ``reduce`` ("sum" or "amax") of the per-key ``x`` over the keys it
+    may attend: unmasked keys of its own chain. O(L), never (L, L).
+
+    ``x`` has the keys on ``dim`` and the batch on dim 0, like ``key_mask`` and
+    ``chain_id`` (B, L). Returns ``x``'s shape with ``dim`` of size L (one value per query,
+    its chain's) when ``chain_id`` is given, else of size 1. "amax" needs ``x`` >= 0 (a
+    query with no key gets 0).
+    """
+    x = x.movedim(dim, 1)
+    b, length = x.shape[:2]
+    tail = (1,) * (x.dim() - 2)
+    if key_mask is not None:
+        x = torch.where(key_mask.view(b, length, *tail), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if chain_id is None:
+        out = x.amax(1, keepdim=True) if reduce == "amax" and length else x.sum(1, keepdim=True)
+    else:
+        idx = chain_ranks(chain_id).view(b, length, *tail).expand_as(x)
+        if reduce == "sum":
+            per_chain = torch.zeros_like(x).scatter_add(1, idx, x)
+        else:
+            per_chain = torch.zeros_like(x).scatter_reduce(1, idx, x, "amax")
+        out = per_chain.gather(1, idx)
+    return out.movedim(1, dim)
+
+
+def dense_reach(flags: Tensor, mask: Tensor | None) -> Tensor:
+    """(…, L_q, d): whether a query reads a flagged key through a pair that the dense
+    ``mask`` (…, L_q, L_k) keeps; ``flags`` (…, L_k, d) bool. One (L_q, L_k) product."""
+    if mask is None:
+        return flags.any(dim=-2, keepdim=True)
+    return (mask.to(torch.float32) @ flags.to(torch.float32)) > 0
+
+
+def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chain_id=None):
+    """The five (B, L, H, 3) inputs of geometric attention through :func:`finite_part`,
+    and ``(nan_rows, has_key)``:
+
+    - ``nan_rows`` (B, L, H, 3) bool: the outputs that read a non-finite number (their own
+      query's, or a kept key's k_rot, k_dist or that coordinate of v), for rows that have a
+      key at all;
+    - ``has_key`` (B, L or 1, 1, 1) bool: whether the query may attend any key.
+
+    An implementation computes on the finite inputs and adds ``nan_where(nan_rows, out)``.
+    """
+    def bad(t):
+        return ~torch.isfinite(t).all(dim=-1, keepdim=True)
+
+    b, length = q_rot.shape[:2]
+    keys_bad = bad(k_rot) | bad(k_dist) | (False if v is None else ~torch.isfinite(v))
+    keys_bad = keys_bad.to(torch.float32)
+    reach = over_keys(keys_bad, key_mask, chain_id, "amax") > 0
+    ones = torch.ones((b, length, 1, 1), device=q_rot.device)
+    has_key = over_keys(ones, key_mask, chain_id, "amax") > 0
+    nan_rows = has_key & (bad(q_rot) | bad(q_dist) | reach)
+    given = [t for t in (q_rot, k_rot, q_dist, k_dist, v) if t is not None]
+    return [finite_part(t) for t in given], (nan_rows, has_key)
+
+
+def finite_attention_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None):
+    """``q, k, v`` of scaled dot-product attention through :func:`finite_part`, and the
+    tensors (NaN or 0) to add to its output ``z`` and to its weights ``alpha``: NaN in the
+    rows that read a non-finite number (their own query, or a kept key's k, or that
+    column of its v) and have a key at all. ``mask``: a dense (…, L_q, L_k) mask or None.
+    """
+    def bad(t):
+        return ~torch.isfinite(t).all(dim=-1, keepdim=True)
+
+    if mask is None:
+        has_key = torch.tensor(k.shape[-2] > 0, device=q.device)
+    else:
+        mask = mask if mask.dim() >= 2 else mask[None]
+        has_key = mask.any(dim=-1, keepdim=True)
+    rows = has_key & (bad(q) | dense_reach(bad(k), mask))  # (…, L_q, 1)
+    z_rows = rows | (has_key & dense_reach(~torch.isfinite(v), mask))
+    finite = [finite_part(t) for t in (q, k, v)]
+    return finite, nan_where(z_rows, v), nan_where(rows, q)
