@@ -162,6 +162,38 @@ def test_mha_with_a_per_pair_mask_keeps_a_nan_in_its_own_rows():
     assert out_bad[0, 3:].isnan().all() and alpha[0, :, 3:].isnan().all()
     out_bad[0, :3].sum().backward()
     assert torch.isfinite(leaf.grad).all() and torch.all(leaf.grad[0, 3:] == 0)
+    # the shared projections' gradients: 0 · NaN of the NaN row must not reach them
+    got = {n: p.grad.clone() for n, p in mha.named_parameters()}
+    mha.zero_grad()
+    mha(x.clone(), mask=mask)[0][0, :3].sum().backward()
+    for n, p in mha.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, msg=n)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("where", ["x", "rotations", "translations"])
+def test_layer_nan_in_one_chain_leaves_the_other_chains_parameter_gradients(impl, where):
+    torch.manual_seed(0)
+    layer = GeometricSelfAttention(12, 2, pre_layernorm=True, bias=True, impl=impl)
+    x, trans = torch.randn(1, 8, 12), torch.randn(1, 8, 3) * 3
+    rot = torch.linalg.qr(torch.randn(1, 8, 3, 3))[0]
+    inputs = {"x": x, "rotations": rot, "translations": trans}
+
+    def grads(given):
+        layer.zero_grad()
+        out = layer(given["x"], given["rotations"], given["translations"], chain_id=CHAIN)
+        out[0, :4].sum().backward()
+        return out, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+    ref, ref_grads = grads(inputs)
+    bad = dict(inputs)
+    bad[where] = inputs[where].clone()
+    bad[where][0, 6, 0] = math.nan
+    out, got = grads(bad)
+    torch.testing.assert_close(out[0, :4], ref[0, :4])
+    assert out[0, 4:].isnan().any()
+    for n in ref_grads:
+        torch.testing.assert_close(got[n], ref_grads[n], msg=n)
 
 
 # ------------------------------------------------------------------------ head weights

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .masking import finite_attention_inputs
+from .masking import finite_attention_inputs, rowwise
 from .validation import (
     require_bool_mask,
     require_int,
@@ -263,12 +263,13 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"value must have the same length as key: {value.shape[1]} != {key.shape[1]}")
         lk = key.shape[1]
         m = None if mask is None else self._mask_for_scores(mask, b, lq, lk)
-        q = self.split_heads(self.w_q(query))
-        k = self.split_heads(self.w_k(key))
-        v = self.split_heads(self.w_v(value))
+        # rowwise(f, x) = f(x), but a NaN row never meets f's weight gradient
+        q = self.split_heads(rowwise(self.w_q, query))
+        k = self.split_heads(rowwise(self.w_k, key))
+        v = self.split_heads(rowwise(self.w_v, value))
         z, alpha = scaled_dot_product_attention(q, k, v, m,
                                                 return_weights=True)
-        return self.w_o(self.merge_heads(z)), alpha
+        return rowwise(self.w_o, self.merge_heads(z)), alpha
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:

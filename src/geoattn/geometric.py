@@ -29,7 +29,7 @@ from .attention import softmax
 from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
 from .distances import key_centre, pair_distances, safe_norm
 from .frames import apply_frame, apply_rotation
-from .masking import finite_geometric_inputs, nan_where, pair_mask, zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, pair_mask, rowwise, zero_masked_keys
 from .validation import (
     FLOAT_DTYPES,
     require_bool,
@@ -227,13 +227,28 @@ def random_geometric_inputs(batch: int, length: int, heads: int, *, seed: int = 
 # The layer: Algorithm 6, lines 1-14.
 
 
+def _finite_frames(rotations: Tensor, translations: Tensor) -> Tensor:
+    """(B, L) bool: whether each residue's frame (R and t) is finite."""
+    return torch.isfinite(rotations).flatten(-2).all(-1) & torch.isfinite(translations).all(-1)
+
+
 def _frames(rotations: Tensor, translations: Tensor, mask: Tensor | None, dtype: torch.dtype):
-    """(R, t) in ``dtype``; a masked residue gets the identity frame, so a NaN frame cannot leak."""
+    """(R, t) in ``dtype``; a masked residue, or one whose frame is not finite, gets the
+    identity frame, so a NaN frame cannot leak, not even as 0 · NaN in a gradient (the
+    layer makes the vectors of a non-finite frame NaN instead: :func:`_lost_frames`)."""
     R, t = rotations.to(dtype), translations.to(dtype)
+    keep = _finite_frames(R, t)
     if mask is not None:
-        R = torch.where(mask[..., None, None], R, torch.eye(3, dtype=dtype, device=R.device))
-        t = torch.where(mask[..., None], t, torch.zeros_like(t))
+        keep = keep & mask
+    R = torch.where(keep[..., None, None], R, torch.eye(3, dtype=dtype, device=R.device))
+    t = torch.where(keep[..., None], t, torch.zeros_like(t))
     return R, t
+
+
+def _lost_frames(rotations: Tensor, translations: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, L, 1) bool: residues whose frame is used (not masked by ``mask``) but not finite."""
+    lost = ~_finite_frames(rotations, translations)
+    return (lost if mask is None else lost & mask)[..., None]
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -392,12 +407,17 @@ class GeometricSelfAttention(nn.Module):
 
     def _vectors(self, x, rotations, translations, mask):
         # ESM only: LayerNorm before the projection (nn.Identity by default)
-        h = self.norm(x)
+        # (rowwise: f(x), but a NaN row never meets f's weight gradient)
+        h = rowwise(self.norm, x)
         # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in
         # residue i's local frame
         n_qk = 4 * self.n_heads * 3
         n_v = self.num_vector_messages * self.n_heads * 3
-        qk, v = self.proj(h).split([n_qk, n_v], dim=-1)
+        qk, v = rowwise(self.proj, h).split([n_qk, n_v], dim=-1)
+        # a residue whose frame is not finite computes with the identity frame
+        # (_frames) and NaN vectors: NaN where it is read, finite gradients
+        lost = _lost_frames(rotations, translations, self._frame_mask(mask))
+        qk, v = qk + nan_where(lost, qk), v + nan_where(lost, v)
         q_rot, k_rot, q_dist, k_dist = rearrange(
             qk, "b l (n h c) -> n b l h c", n=4, c=3)
         # heads outer, messages inner
@@ -454,7 +474,9 @@ class GeometricSelfAttention(nn.Module):
         if mask is not None and self.zero_masked_outputs:
             zero = torch.zeros((), dtype=o.dtype, device=o.device)
             o = torch.where(mask[..., None, None], o, zero)
-        update = self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))
+        # rowwise(f, x) = f(x), but a NaN row never meets f's weight gradient
+        o = rearrange(o, "b l hm c -> b l (hm c)")
+        update = rowwise(self.out_proj, o)
         # line 14: X = X + Linear(O) (ESM: scale 1/√(n_layers/36))
         return x + self.residual_scale * update
 

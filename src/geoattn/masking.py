@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["pair_mask", "zero_masked_keys", "finite_part", "chain_ranks", "over_keys", "dense_reach",
-           "nan_where", "finite_geometric_inputs", "finite_attention_inputs"]
+           "nan_where", "finite_geometric_inputs", "finite_attention_inputs", "rowwise"]
 
 
 def pair_mask(key_mask: Tensor | None, chain_id: Tensor | None) -> Tensor | None:
@@ -146,3 +146,14 @@ def finite_attention_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
     z_rows = rows | (has_key & dense_reach(~torch.isfinite(v), mask))
     finite = [finite_part(t) for t in (q, k, v)]
     return finite, nan_where(z_rows, v), nan_where(rows, q)
+
+
+def rowwise(fn, x: Tensor) -> Tensor:
+    """``fn(x)`` for a ``fn`` that maps each row (last dim) on its own (``nn.Linear``,
+    ``nn.LayerNorm``), computed on the finite rows: a row holding NaN or inf gives a row of
+    NaN, added afterwards, so its 0 · NaN never reaches ``fn``'s weight gradient (which
+    sums over every row, masked or not).
+    """
+    bad = ~torch.isfinite(x).all(dim=-1, keepdim=True)
+    out = fn(torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x))
+    return out + nan_where(bad, out)
