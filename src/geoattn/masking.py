@@ -114,18 +114,17 @@ def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chai
 
     An implementation computes on the finite inputs and adds ``nan_where(nan_rows, out)``.
     """
-    def bad(t):
-        return ~torch.isfinite(t).all(dim=-1, keepdim=True)
-
+    given = [t for t in (q_rot, k_rot, q_dist, k_dist, v) if t is not None]
+    finite = [torch.isfinite(t) for t in given]  # once each: for the flags and the where
+    bad = [~f.all(dim=-1, keepdim=True) for f in finite]
     b, length = q_rot.shape[:2]
-    keys_bad = bad(k_rot) | bad(k_dist) | (False if v is None else ~torch.isfinite(v))
-    keys_bad = keys_bad.to(torch.float32)
-    reach = over_keys(keys_bad, key_mask, chain_id, "amax") > 0
+    keys_bad = bad[1] | bad[3] | (False if v is None else ~finite[4])
+    reach = over_keys(keys_bad.to(torch.float32), key_mask, chain_id, "amax") > 0
     ones = torch.ones((b, length, 1, 1), device=q_rot.device)
     has_key = over_keys(ones, key_mask, chain_id, "amax") > 0
-    nan_rows = has_key & (bad(q_rot) | bad(q_dist) | reach)
-    given = [t for t in (q_rot, k_rot, q_dist, k_dist, v) if t is not None]
-    return [finite_part(t) for t in given], (nan_rows, has_key)
+    nan_rows = has_key & (bad[0] | bad[2] | reach)
+    clean = [torch.where(f, t, torch.zeros((), dtype=t.dtype, device=t.device)) for t, f in zip(given, finite)]
+    return clean, (nan_rows, has_key)
 
 
 def finite_attention_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None):
