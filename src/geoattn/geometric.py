@@ -409,15 +409,16 @@ class GeometricSelfAttention(nn.Module):
         # ESM only: LayerNorm before the projection (nn.Identity by default)
         # (rowwise: f(x), but a NaN row never meets f's weight gradient)
         h = rowwise(self.norm, x)
+        # a residue whose frame is not finite computes with the identity frame
+        # (_frames) and a NaN row of h, so NaN vectors: NaN where it is read,
+        # finite gradients
+        lost = _lost_frames(rotations, translations, self._frame_mask(mask))
+        h = h + nan_where(lost, h)
         # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in
         # residue i's local frame
         n_qk = 4 * self.n_heads * 3
         n_v = self.num_vector_messages * self.n_heads * 3
         qk, v = rowwise(self.proj, h).split([n_qk, n_v], dim=-1)
-        # a residue whose frame is not finite computes with the identity frame
-        # (_frames) and NaN vectors: NaN where it is read, finite gradients
-        lost = _lost_frames(rotations, translations, self._frame_mask(mask))
-        qk, v = qk + nan_where(lost, qk), v + nan_where(lost, v)
         q_rot, k_rot, q_dist, k_dist = rearrange(
             qk, "b l (n h c) -> n b l h c", n=4, c=3)
         # heads outer, messages inner
