@@ -339,3 +339,35 @@ def test_mha_inputs_of_another_dtype_are_a_value_error():
     for args, name in (((x.double(),), "query"), ((x, x.double()), "key"), ((x, x, x.half()), "value")):
         with pytest.raises(ValueError, match=f"^{name} has dtype"):
             mha(*args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("which", ["distance", "rotation"])
+def test_a_chain_too_large_for_fp32_leaves_the_other_chain_and_its_gradients(impl, which):
+    # Chain 1's own scores would overflow (0 · inf or NaN · 0 inside reached the shared
+    # head weights' gradients of chain 0's loss): its rows are NaN, chain 0 is untouched.
+    inputs = make_inputs(19, 1, 8, 2, dtype=torch.float32)
+    _, grads = run(impl, [t[:, :4] for t in inputs[:5]] + inputs[5:])
+    big = [t.clone() for t in inputs]
+    for k in ((2, 3) if which == "distance" else (0, 1)):
+        big[k][0, 4:] *= 1e30
+    out, got = run(impl, big, chain_id=CHAIN, rows=slice(0, 4))
+    assert out[0, 4:].isnan().all()
+    torch.testing.assert_close(out[0, :4], run(impl, [t[:, :4] for t in inputs[:5]] + inputs[5:])[0][0])
+    for name, g, g_big in zip(NAMES, grads, got):
+        if g_big.dim() == 4:
+            assert torch.all(g_big[:, 4:] == 0), name
+            g_big = g_big[:, :4]
+        torch.testing.assert_close(g_big, g, atol=1e-5, rtol=1e-4, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("scale", [1e17, 1e18, 3e18, 1e19])
+def test_every_implementation_gives_the_same_nan_rows_near_fp32s_range(scale):
+    inputs = make_inputs(20, 2, 9, 2, dtype=torch.float32)
+    for k in (0, 2, 3):
+        inputs[k] = inputs[k] * torch.logspace(0, math.log10(scale), 9)[None, :, None, None]
+    ref = geoattn.geometric_attention(*inputs, impl="naive")
+    for impl in IMPLS[1:]:
+        out = geoattn.geometric_attention(*inputs, impl=impl)
+        assert torch.equal(out.isnan(), ref.isnan()), impl
+        torch.testing.assert_close(out, ref, equal_nan=True, atol=1e-5, rtol=1e-4)

@@ -117,13 +117,12 @@ def _distance(qd: Tensor, kd: Tensor) -> Tensor:
     return d.sqrt_()
 
 
-def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask, guard=False):
+def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask):
     """Scores of every query against one key block, and their two terms (for the backward).
 
     ``qr, qd``: (B, H, L, 3); ``kr, kd``: (B, H, n, 3); ``w_r, w_d``: (1, H, 1, 1), already
-    divided by √3; ``bias``, ``mask``: from :meth:`_Pairs.block`; ``guard``: whether a term
-    may overflow (then rot and dist are 0 at masked pairs, whose dS = 0 must not meet an
-    inf). Returns S, rot, dist, each (B, H, L, n).
+    divided by √3; ``bias``, ``mask``: from :meth:`_Pairs.block`. Returns S, rot, dist,
+    each (B, H, L, n).
     """
     rot = qr @ kr.transpose(-1, -2)
     dist = finite_or_nan(_distance(qd, kd))
@@ -132,8 +131,6 @@ def _block_scores(qr, qd, kr, kd, w_r, w_d, bias, mask, guard=False):
         s = s + bias
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
-        if guard:
-            rot, dist = rot.masked_fill(~mask, 0), dist.masked_fill(~mask, 0)
     return s, rot, dist
 
 
@@ -151,15 +148,10 @@ def _fold_(m, l, acc, s, v):
     return m_new, l_new, torch.baddbmm(acc * rescale[..., None], p, v)
 
 
-def _may_overflow(a: Tensor, kr: Tensor, qd: Tensor, kd: Tensor) -> bool:
-    # ‖q − k‖ overflows once |q| + |k| nears √(max/3), the rotation term a·k once
-    # 3|a||k| nears max; a NaN or inf anywhere also trips this.
-    if not qd.numel():
-        return False
-    big = torch.finfo(qd.dtype).max
-    dist = (qd.abs().amax() + kd.abs().amax()).item()
-    rot = (a.abs().amax() * kr.abs().amax()).item()
-    return not (dist < math.sqrt(big / 3) and rot < big / 6)
+def _may_overflow(qd: Tensor, kd: Tensor) -> bool:
+    # ‖q − k‖ overflows once |q| + |k| nears √(max/3); a NaN or inf anywhere also trips this.
+    bound = (qd.abs().amax() + kd.abs().amax()).item() if qd.numel() and kd.numel() else 0.0
+    return not bound < math.sqrt(torch.finfo(qd.dtype).max / 3)
 
 
 def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
@@ -173,7 +165,7 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     folded = (qr * w_r, kr, qd * w_d, kd * w_d, v)
     a, kr, qd, kd, v = (t.reshape(b * h, length, 3) for t in folded)
     kr_t = kr.transpose(1, 2).contiguous()
-    guard = _may_overflow(a, kr, qd, kd)
+    guard = _may_overflow(qd, kd)
     rows, keys = tile_sizes(b * h, length, block_size)
     out, lse = torch.empty_like(v), v.new_empty(b * h, length)
     for i0 in range(0, length, rows):
@@ -184,10 +176,10 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
             kj = slice(j0, j0 + keys)
             # line 8, weighted: w_d/√3 · ‖q_d − k_d‖
             s = _distance(qd[:, qi], kd[:, kj])
+            if guard:
+                s = finite_or_nan(s)
             # lines 7 and 9: S = w_r/√3 · q_r·k_r − that
             s.baddbmm_(a[:, qi], kr_t[:, :, kj], beta=-1)
-            if guard:  # an overflowing score is NaN, never a weight of 0
-                s = finite_or_nan(s)
             bias, mask = pairs.block(kj, qi)
             tile = s.view(b, h, s.shape[1], s.shape[2])
             if bias is not None:
@@ -213,14 +205,11 @@ def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
     dw_r = w_r.new_zeros(w_r.shape[1])
     dw_d = w_d.new_zeros(w_d.shape[1])
     length = qr.shape[2]
-    # rot and dist are recomputed unweighted here, so check both scales
-    guard = (_may_overflow(qr, kr, qd, kd)
-             or _may_overflow(w_r * qr, kr, w_d * qd, w_d * kd))
     for j0 in range(0, length, block_size):
         blk = slice(j0, j0 + block_size)
         kr_b, kd_b, v_b = kr[:, :, blk], kd[:, :, blk], v[:, :, blk]
         s, rot, dist = _block_scores(qr, qd, kr_b, kd_b, w_r, w_d,
-                                     *pairs.block(blk), guard)
+                                     *pairs.block(blk))
         # the softmax, recovered from the saved log-sum-exp
         p = torch.exp(s - lse[..., None])
         dv[:, :, blk] = p.transpose(-1, -2) @ d_out
@@ -281,11 +270,14 @@ def chunked_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_m
                  chain_id=None, block_size=None) -> Tensor:
     """The chunked implementation without input validation (the dispatcher validated).
 
-    Non-finite inputs are replaced by 0 and mark NaN the rows that read them through a
-    kept pair (``geoattn.masking``), so the tile loop needs no per-pair ``where``.
+    Non-finite inputs, and vectors too large for fp32 arithmetic, are replaced and mark NaN
+    the rows that read them through a kept pair (``geoattn.masking``), so the tile loop
+    needs no per-pair ``where`` and overflows nowhere.
     """
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
-    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id)
+    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id,
+                                                    rot_weight=rot_weight, dist_weight=dist_weight,
+                                                    compute=compute_dtype(v))
     pairs = _Pairs(key_mask, sequence_id, chain_id)
     out = _ChunkedGeometricAttention.apply(*finite, rot_weight, dist_weight, pairs, block_size)
     return out + nan_where(nan_rows, out)

@@ -25,7 +25,10 @@ never influences an output or a gradient, even where the numbers it would read a
 ±inf or overflow fp32. So a NaN in one chain of a packed batch reaches only the rows of
 its own chain, and a row with no key left returns zeros (and zero gradients). A
 non-finite number read through a pair that is kept gives NaN in the rows that read it,
-as does a score that overflows fp32 (rotation or distance term): never a finite number.
+never a finite number; so does a vector too large for the compute dtype's arithmetic (a
+coordinate of at least √max/8, 2.3e18 in fp32, measured from its chain's key centre, or
+times a head weight > 1), so that no score overflows (to a silent weight of 0, or a row of
+zeros) in any implementation.
 """
 from __future__ import annotations
 

@@ -130,7 +130,9 @@ def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_w
     """
     check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, key_mask,
                            sequence_id=sequence_id, chain_id=chain_id)
-    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, key_mask, chain_id)
+    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, key_mask, chain_id,
+                                                    rot_weight=rot_weight, dist_weight=dist_weight,
+                                                    compute=compute_dtype(q_rot))
     attn = _attention_map(*finite, rot_weight, dist_weight, key_mask, sequence_id, chain_id, compute_dtype(q_rot))
     return attn + nan_where(nan_rows.transpose(1, 2), attn)
 
@@ -147,10 +149,12 @@ def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_
         return v + 0 * sum(t.sum() for t in (q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight))
     compute = compute_dtype(v)
     (v,) = zero_masked_keys(key_mask, v)
-    # Non-finite numbers become 0 and mark NaN the rows that read them through a kept pair
-    # (geoattn.masking): a masked pair then meets no 0 · NaN, forward or backward.
+    # Non-finite (or too large) vectors are replaced and mark NaN the rows that read them
+    # through a kept pair (geoattn.masking): a masked pair then meets no 0 · NaN, forward
+    # or backward, and nothing overflows.
     (q_rot, k_rot, q_dist, k_dist, v), (nan_rows, _) = finite_geometric_inputs(
-        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id)
+        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id, rot_weight=rot_weight, dist_weight=dist_weight,
+        compute=compute)
     attn = _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                           compute)  # lines 7-10
     out = attn @ v.to(compute).transpose(1, 2)  # line 12: O = A · V, (B, H, L, 3)
@@ -190,9 +194,10 @@ def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight
     A masked pair (a masked key, or two chains) never influences an output or a gradient,
     even where what it would read is NaN, ±inf or overflows: a NaN in one chain of a packed
     batch reaches only its own chain. A non-finite number read through a kept pair gives
-    NaN in the outputs that read it, and so does a score that overflows fp32 (either term),
-    never a finite number or a row of zeros. Triton tests overflow per row by a bound, so a
-    row within a factor of about 2 of fp32's range is NaN there (see ``triton_kernels``).
+    NaN in the outputs that read it, never a finite number or a row of zeros; so does a
+    vector too large for fp32 arithmetic (a coordinate of at least √max/8, 2.3e18 in fp32,
+    from its chain's key centre, or times a weight > 1: ``masking.finite_geometric_inputs``),
+    the same rows in every implementation, so no score ever overflows to a silent 0.
     """
     check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
                            sequence_id=sequence_id, chain_id=chain_id)

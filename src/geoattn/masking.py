@@ -11,9 +11,10 @@ not enough: 0 · NaN and 0 · inf are NaN, in P·V and in every product of the b
 per-pair ``where`` inside the score tile would cost every pair a compare and a select. So
 the one mechanism, for every implementation:
 
-1. :func:`finite_part`: each non-finite input number is replaced by 0 before any
-   arithmetic (O(L) work), so the attention itself, forward and backward, sees only
-   finite numbers;
+1. :func:`finite_part`: each non-finite input number is replaced by 0 (for geometric
+   attention also each vector too large for fp32 arithmetic: see
+   :func:`finite_geometric_inputs`) before any arithmetic (O(L) work), so the attention
+   itself, forward and backward, sees only finite numbers and overflows nowhere;
 2. the rows that read a non-finite number through a pair that the masks keep are found
    in O(L) (:func:`over_keys` for ``key_mask`` and ``chain_id``, :func:`dense_reach` for a
    dense mask), and :func:`nan_where` turns them into NaN afterwards, added to the output,
@@ -22,6 +23,8 @@ the one mechanism, for every implementation:
 A row with no key left is never NaN: it returns zeros, whatever its own query holds.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -103,27 +106,56 @@ def dense_reach(flags: Tensor, mask: Tensor | None) -> Tensor:
     return (mask.to(torch.float32) @ flags.to(torch.float32)) > 0
 
 
-def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chain_id=None):
-    """The five (B, L, H, 3) inputs of geometric attention through :func:`finite_part`,
-    and ``(nan_rows, has_key)``:
+def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chain_id=None, *,
+                            rot_weight=None, dist_weight=None, compute=torch.float32):
+    """The five (B, L, H, 3) inputs of geometric attention (``v`` may be None: then four),
+    each vector that is not finite, or too large for ``compute`` arithmetic, replaced by a
+    neutral one, and ``(nan_rows, has_key)``:
 
-    - ``nan_rows`` (B, L, H, 3) bool: the outputs that read a non-finite number (their own
+    - ``nan_rows`` (B, L, H, 3) bool: the outputs that read such a vector (their own
       query's, or a kept key's k_rot, k_dist or that coordinate of v), for rows that have a
       key at all;
     - ``has_key`` (B, L or 1, 1, 1) bool: whether the query may attend any key.
 
-    An implementation computes on the finite inputs and adds ``nan_where(nan_rows, out)``.
+    An implementation computes on the returned inputs and adds ``nan_where(nan_rows, out)``.
+
+    "Too large": a largest coordinate of q_r, k_r, or of q_d, k_d measured from their
+    chain's key centre (:func:`geoattn.distances.key_centre`), also times the head's weight
+    when it exceeds 1, of at least √max/8 (2.3e18 for fp32). Below that no score, no
+    distance and no term of the backward pass can overflow, in any implementation (the
+    Triton kernels' log2(e) included), so no inf ever meets a 0 weight, and every
+    implementation returns the same NaN rows. A replaced rotation vector is 0, a replaced
+    distance vector its chain's centre, a non-finite coordinate of v is 0.
     """
-    given = [t for t in (q_rot, k_rot, q_dist, k_dist, v) if t is not None]
-    finite = [torch.isfinite(t) for t in given]  # once each: for the flags and the where
-    bad = [~f.all(dim=-1, keepdim=True) for f in finite]
+    from .distances import key_centre  # distances imports this module
+
+    finite = [None if t is None else torch.isfinite(t) for t in (q_rot, k_rot, q_dist, k_dist, v)]
     b, length = q_rot.shape[:2]
-    keys_bad = bad[1] | bad[3] | (False if v is None else ~finite[4])
+    centre = key_centre(k_dist.detach().to(compute).transpose(1, 2), key_mask, chain_id).transpose(1, 2)
+    limit = math.sqrt(torch.finfo(compute).max) / 8
+
+    def size(t, w=None):  # largest |coordinate|, times max(1, w): (B, L, H, 1)
+        t = torch.where(torch.isfinite(t), t.detach().to(compute), 0).abs().amax(-1, keepdim=True)
+        return t if w is None else t * w.detach().to(compute).clamp(min=1)[:, None]
+
+    big_q = (size(q_rot, rot_weight) >= limit) | (size(q_dist - centre, dist_weight) >= limit)
+    big_k = (size(k_rot) >= limit) | (size(k_dist - centre, dist_weight) >= limit)
+    out_q = [~f.all(dim=-1, keepdim=True) | big_q for f in (finite[0], finite[2])]
+    out_k = [~f.all(dim=-1, keepdim=True) | big_k for f in (finite[1], finite[3])]
+    keys_bad = out_k[0] | out_k[1] | (False if v is None else ~finite[4])
     reach = over_keys(keys_bad.to(torch.float32), key_mask, chain_id, "amax") > 0
     ones = torch.ones((b, length, 1, 1), device=q_rot.device)
     has_key = over_keys(ones, key_mask, chain_id, "amax") > 0
-    nan_rows = has_key & (bad[0] | bad[2] | reach)
-    clean = [torch.where(f, t, torch.zeros((), dtype=t.dtype, device=t.device)) for t, f in zip(given, finite)]
+    nan_rows = has_key & (out_q[0] | out_q[1] | reach)
+
+    def zero(t):
+        return torch.zeros((), dtype=t.dtype, device=t.device)
+
+    clean = [torch.where(out_q[0], zero(q_rot), q_rot), torch.where(out_k[0], zero(k_rot), k_rot),
+             torch.where(out_q[1], centre.to(q_dist.dtype), q_dist),
+             torch.where(out_k[1], centre.to(k_dist.dtype), k_dist)]
+    if v is not None:
+        clean.append(torch.where(finite[4], v, zero(v)))
     return clean, (nan_rows, has_key)
 
 

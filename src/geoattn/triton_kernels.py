@@ -38,9 +38,10 @@ log-sum-exp +inf (so the backward's P = 2^(S − lse) is exactly 0) and gradient
 coincident points q_d[i] = k_d[j] the gradient of the norm is taken as 0, as in
 ``geoattn.geometric.safe_norm``. Non-finite inputs never reach the kernels: they are
 replaced by 0, and the rows that read one through a kept pair are NaN (``geoattn.masking``),
-so a NaN in one chain reaches no other chain. q_d and k_d are centred per chain first
-(``key_centre``). A row whose score could overflow fp32 (points about 1e19 Å apart, a
-rotation term near 3e38) is NaN, never a silent 0 (:func:`_may_overflow`). Nothing
+so a NaN in one chain reaches no other chain; so are vectors too large for fp32 arithmetic
+(a coordinate of about 2.3e18 from their chain's centre: ``masking.finite_geometric_inputs``),
+so no score overflows in the kernels and such rows are NaN, never a silent 0, as in every
+implementation. q_d and k_d are centred per chain first (``key_centre``). Nothing
 reads memory the kernels did not write: Δ = G·O is computed on the first L positions
 only and is 0 past them.
 """
@@ -64,7 +65,7 @@ from .kernels.configs import EXPLICIT_WARPS, GPU_PAD, GPU_SHAPES, NUM_STAGES, SM
 from .kernels.offline import KERNELS, compile_signatures
 from .kernels.small import _small_bwd_kernel, _small_fwd_kernel
 from .kernels.streaming import _bwd_dkdv_kernel, _bwd_dq_kernel, _fwd_kernel
-from .masking import finite_geometric_inputs, nan_where, over_keys, zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 from .online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_result
 
 __all__ = ["triton_geometric_attention", "triton_core", "KERNELS", "GPU_SHAPES", "compile_signatures",
@@ -302,10 +303,12 @@ def _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mas
     if v.numel() == 0:
         return _EmptyFn.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight)
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
-    # Non-finite numbers become 0 and mark NaN the rows that read them through a kept pair
-    # (geoattn.masking): the kernels see finite numbers only and need no per-pair select.
-    (q_rot, k_rot, q_dist, k_dist, v_in), (nan_rows, has_key) = finite_geometric_inputs(
-        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id)
+    # Non-finite vectors, and vectors too large for fp32 arithmetic, are replaced and mark
+    # NaN the rows that read them through a kept pair (geoattn.masking): the kernels see
+    # finite numbers only, overflow nowhere and need no per-pair select.
+    # (the kernels compute in fp32, so "too large" is judged for fp32)
+    (q_rot, k_rot, q_dist, k_dist, v_in), (nan_rows, _) = finite_geometric_inputs(
+        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id, rot_weight=rot_weight, dist_weight=dist_weight)
     q_dist, k_dist = _centred(q_dist, k_dist, key_mask, chain_id, compute_dtype(v))
     padded, use_small = _padded_length(length, block_size)
     if small is False and use_small:
@@ -322,7 +325,6 @@ def _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mas
     planes = [_planes(t, padded) for t in (a, k_rot, q_dist, k_dist, v_in)]  # O(L) PyTorch passes, not O(L²)
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():  # launch on the inputs' GPU
         o = _GeometricAttentionFn.apply(*planes, c, rows, h, length, block_size, use_small, splits)
-    nan_rows = nan_rows | (has_key & _may_overflow(a, k_rot, q_dist, k_dist, c, key_mask, chain_id))
     return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype) + nan_where(nan_rows, v)
 
 
@@ -333,26 +335,6 @@ def _centred(q_dist: Tensor, k_dist: Tensor, key_mask, chain_id, dtype) -> tuple
     q_dist, k_dist = q_dist.to(dtype), k_dist.to(dtype)
     centre = key_centre(k_dist.detach().transpose(1, 2), key_mask, chain_id).transpose(1, 2)
     return q_dist - centre, k_dist - centre
-
-
-def _may_overflow(a, k_rot, q_dist, k_dist, c, key_mask, chain_id) -> Tensor:
-    """(B, L, H, 1) bool: whether a score of the row could overflow fp32 in the kernels.
-
-    The kernels would read an overflowed score as −inf, the score of a masked key: a weight
-    of 0, or a row of silent zeros; such rows are made NaN instead. The bound is per row,
-    over the keys it may attend (its own chain), from O(L) reductions on the device (no
-    synchronisation): |S| ≤ 3·|a|·|k_r| + c·√3·(|q_d| + |k_d|) and ‖q_d − k_d‖² ≤
-    3·(|q_d| + |k_d|)², with |·| the largest coordinate. It is conservative: a row within a
-    factor of about 2 of fp32's range is NaN here even where no score overflows.
-    """
-    def size(t):
-        return t.detach().float().abs().amax(dim=-1, keepdim=True)
-
-    big = torch.finfo(torch.float32).max
-    reach_d = size(q_dist) + over_keys(size(k_dist), key_mask, chain_id, "amax")
-    rot = 3 * size(a) * over_keys(size(k_rot), key_mask, chain_id, "amax")
-    dist = c.detach()[:, None] * math.sqrt(3) * reach_d
-    return ~((reach_d < math.sqrt(big / 3)) & (rot < big / 4) & (dist < big / 4))
 
 
 def _check_device(q_rot):
