@@ -263,10 +263,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"value must have the same length as key: {value.shape[1]} != {key.shape[1]}")
         lk = key.shape[1]
         m = None if mask is None else self._mask_for_scores(mask, b, lq, lk)
-        # rowwise(f, x) = f(x), but a NaN row never meets f's weight gradient
         q = self.split_heads(rowwise(self.w_q, query))
         k = self.split_heads(rowwise(self.w_k, key))
         v = self.split_heads(rowwise(self.w_v, value))
+        # rowwise(f, x) = f(x), except that a NaN row of x never reaches f's
+        # weight gradient (geoattn.masking)
         z, alpha = scaled_dot_product_attention(q, k, v, m,
                                                 return_weights=True)
         return rowwise(self.w_o, self.merge_heads(z)), alpha
