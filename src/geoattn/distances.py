@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .masking import over_keys
+from .chains import over_keys
 
 __all__ = ["safe_norm", "pair_distances", "finite_or_nan", "key_centre"]
 
@@ -64,7 +64,7 @@ def key_centre(k_dist: Tensor, key_mask: Tensor | None,
     zero = torch.zeros((), dtype=k_dist.dtype, device=k_dist.device)
     points = torch.where(keep, k_dist, zero)
     count = keep.to(k_dist.dtype)
-    # sums over the keys each residue may attend (geoattn.masking)
+    # sums over the keys each residue may attend (geoattn.chains)
     total = over_keys(points, key_mask, chain_id, "sum", dim=-2)
     count = over_keys(count, key_mask, chain_id, "sum", dim=-2)
     return total / count.clamp(min=1)

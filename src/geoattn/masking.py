@@ -29,6 +29,9 @@ import math
 import torch
 from torch import Tensor
 
+from .chains import chain_ranks, over_keys
+from .distances import key_centre
+
 __all__ = ["pair_mask", "zero_masked_keys", "finite_part", "chain_ranks", "over_keys", "dense_reach",
            "nan_where", "finite_geometric_inputs", "finite_attention_inputs", "rowwise"]
 
@@ -61,43 +64,6 @@ def nan_where(flags: Tensor, like: Tensor) -> Tensor:
     return torch.where(flags, nan, torch.zeros((), dtype=like.dtype, device=like.device))
 
 
-def chain_ranks(chain_id: Tensor) -> Tensor:
-    """(B, L) int64 in [0, L): equal within a batch row exactly where ``chain_id`` is equal.
-
-    A sort and a cumsum, no host synchronisation: chain ids may be any integers.
-    """
-    ordered, order = chain_id.to(torch.int64).sort(dim=1)
-    step = torch.zeros_like(ordered)
-    step[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    return torch.empty_like(step).scatter_(1, order, step.cumsum(1))
-
-
-def over_keys(x: Tensor, key_mask: Tensor | None, chain_id: Tensor | None, reduce: str, dim: int = 1) -> Tensor:
-    """For each query, ``reduce`` ("sum" or "amax") of the per-key ``x`` over the keys it
-    may attend: unmasked keys of its own chain. O(L), never (L, L).
-
-    ``x`` has the keys on ``dim`` and the batch on dim 0, like ``key_mask`` and
-    ``chain_id`` (B, L). Returns ``x``'s shape with ``dim`` of size L (one value per query,
-    its chain's) when ``chain_id`` is given, else of size 1. "amax" needs ``x`` >= 0 (a
-    query with no key gets 0).
-    """
-    x = x.movedim(dim, 1)
-    b, length = x.shape[:2]
-    tail = (1,) * (x.dim() - 2)
-    if key_mask is not None:
-        x = torch.where(key_mask.view(b, length, *tail), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if chain_id is None:
-        out = x.amax(1, keepdim=True) if reduce == "amax" and length else x.sum(1, keepdim=True)
-    else:
-        idx = chain_ranks(chain_id).view(b, length, *tail).expand_as(x)
-        if reduce == "sum":
-            per_chain = torch.zeros_like(x).scatter_add(1, idx, x)
-        else:
-            per_chain = torch.zeros_like(x).scatter_reduce(1, idx, x, "amax")
-        out = per_chain.gather(1, idx)
-    return out.movedim(1, dim)
-
-
 def dense_reach(flags: Tensor, mask: Tensor | None) -> Tensor:
     """(…, L_q, d): whether a query reads a flagged key through a pair that the dense
     ``mask`` (…, L_q, L_k) keeps; ``flags`` (…, L_k, d) bool. One (L_q, L_k) product."""
@@ -127,8 +93,6 @@ def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chai
     implementation returns the same NaN rows. A replaced rotation vector is 0, a replaced
     distance vector its chain's centre, a non-finite coordinate of v is 0.
     """
-    from .distances import key_centre  # distances imports this module
-
     finite = [None if t is None else torch.isfinite(t) for t in (q_rot, k_rot, q_dist, k_dist, v)]
     b, length = q_rot.shape[:2]
     centre = key_centre(k_dist.detach().to(compute).transpose(1, 2), key_mask, chain_id).transpose(1, 2)
