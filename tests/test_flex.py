@@ -103,3 +103,30 @@ def test_compiled_flex_matches_naive_fp32():
         got = flex_geometric_attention(*x, key_mask, sequence_id=seq, chain_id=chain)
     want = geometric_attention(*x, key_mask, sequence_id=seq, chain_id=chain, impl="naive")
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", range(5))
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_input_in_one_chain_never_reaches_the_other(which, value):
+    # forward only: FlexAttention has no backward on the CPU
+    inputs = list(random_geometric_inputs(1, 8, 2, seed=5, dist_scale=4.0, dtype=torch.float64))
+    chain = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    clean = flex_geometric_attention(*inputs, chain_id=chain, backend=None)
+    inputs[which] = inputs[which].clone()
+    inputs[which][0, 6, 1, 0] = value
+    bad = flex_geometric_attention(*inputs, chain_id=chain, backend=None)
+    want = geometric_attention(*inputs, chain_id=chain, impl="naive")
+    torch.testing.assert_close(bad[0, :4], clean[0, :4], rtol=0, atol=1e-12)
+    assert torch.equal(torch.isnan(bad), torch.isnan(want)), "the same NaN rows as naive"
+    assert torch.isnan(bad[0, 4:]).any(), "a NaN inside a chain reaches that chain"
+
+
+def test_a_rotation_term_that_overflows_gives_nan_like_naive():
+    inputs = list(random_geometric_inputs(1, 6, 2, seed=6, dtype=torch.float32))
+    inputs[0] = inputs[0].clone()
+    inputs[0][0, 2] = 1e20
+    inputs[1] = inputs[1].clone() * 1e20
+    got = flex_geometric_attention(*inputs, backend=None)
+    want = geometric_attention(*inputs, impl="naive")
+    assert torch.isnan(got[0, 2]).all()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))

@@ -13,9 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .masking import finite_attention_inputs, rowwise
 from .validation import (
     require_bool_mask,
     require_int,
+    require_param_dtype,
     require_same_device,
     require_tensor,
 )
@@ -56,6 +58,8 @@ def softmax(x: Tensor, dim: int = -1, mask: Tensor | None = None) -> Tensor:
     """
     require_tensor("x", x)
     _check_mask(mask, x.shape, "x")
+    if x.numel() == 0:  # nothing to normalise (amax over a size-0 dim would raise)
+        return x.clone()
     if mask is not None:
         require_same_device({"x": x, "mask": mask}, "x")
         # where, not arithmetic: a NaN or inf logit at a masked entry must not leak.
@@ -94,38 +98,6 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
     _check_mask(mask, (*lead, q.shape[-2], k.shape[-2]), "the scores")
 
 
-def _seen(mask: Tensor) -> Tensor:
-    """(..., L_k, 1): whether any query may attend to each key of a (..., L_q, L_k) mask."""
-    return (mask if mask.dim() > 1 else mask[None]).any(dim=-2)[..., None]
-
-
-def _masked_weighted_sum(alpha: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """``alpha @ v`` in which a masked (query, key) pair adds exactly nothing.
-
-    Its weight is exactly 0, which is enough while the value is finite; but 0 · NaN and
-    0 · inf are NaN, so one non-finite value at a masked key would poison every query.
-    So: keys masked for *every* query are zeroed with ``where`` (which also keeps their
-    NaN out of the gradients), the finite values go through one matmul, and only the
-    few keys that still hold a non-finite value (masked for some queries, kept by
-    others) are added pair by pair, through ``where`` on the mask. That materialises
-    (..., L_q, n, d_v) for those n keys, nothing when every value is finite.
-    """
-    mask = torch.broadcast_to(mask, alpha.shape)
-    v = torch.where(_seen(mask), v, 0.0)
-    finite = torch.isfinite(v)
-    z = alpha @ torch.where(finite, v, 0.0)
-    bad = (~finite).any(dim=-1).reshape(-1, v.shape[-2]).any(dim=0)  # (L_k,)
-    if v.device.type == "meta" or not bad.any():
-        return z
-    keys = bad.nonzero().squeeze(-1)
-    v_bad = v.index_select(-2, keys)
-    v_bad = torch.where(torch.isfinite(v_bad), 0.0, v_bad)
-    a_bad = alpha.index_select(-1, keys)[..., None]  # (..., L_q, n, 1)
-    keep = mask.index_select(-1, keys)[..., None]
-    terms = torch.where(keep, a_bad * v_bad[..., None, :, :], 0.0)
-    return z + terms.sum(dim=-2)
-
-
 def scaled_dot_product_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, return_weights: bool = False
 ):
@@ -136,20 +108,19 @@ def scaled_dot_product_attention(
     query may attend to a key. Returns ``z`` of shape (..., L_q, d_v), and the weights
     ``alpha`` (..., L_q, L_k) too when ``return_weights`` is set.
 
-    A masked (query, key) pair never influences the output, even when the key's
-    ``k`` or ``v`` holds NaN or ±inf; a NaN at a pair the mask keeps gives NaN. For
-    gradients the same holds for keys masked for every query (a padding mask); for a
-    key masked for some queries only, a non-finite ``k`` can still reach the gradient
-    of ``q`` (0 · NaN in the backward matmul).
+    A masked (query, key) pair never influences the output or a gradient, even when
+    the key's ``k`` or ``v`` holds NaN or ±inf; a non-finite number at a pair the mask
+    keeps gives NaN in the rows that read it. A row with no key gives zeros.
     """
     _check_qkv(q, k, v, mask)
-    # Zero the keys no query may see, so that a NaN there reaches nothing.
-    if mask is not None:
-        k = torch.where(_seen(mask), k, 0.0)
+    # Masked pairs weigh 0, but 0 · NaN = NaN, forward and backward: each
+    # non-finite number becomes 0, and the rows that read one through a kept
+    # pair get NaN afterwards (geoattn.masking).
+    (q, k, v), nan_z, nan_alpha = finite_attention_inputs(q, k, v, mask)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     alpha = softmax(scores, dim=-1, mask=mask)
-    # Masked pairs weigh 0, but 0 · NaN = NaN: see _masked_weighted_sum.
-    z = alpha @ v if mask is None else _masked_weighted_sum(alpha, v, mask)
+    z = alpha @ v + nan_z
+    alpha = alpha + nan_alpha
     return (z, alpha) if return_weights else z
 
 
@@ -283,6 +254,7 @@ class MultiHeadAttention(nn.Module):
             require_tensor(name, t)
             if t.dim() != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(f"{name} must have shape (B, L, d_model={self.d_model}), got {tuple(t.shape)}")
+        require_param_dtype(self, query=query, key=key, value=value)
         b, lq, _ = query.shape
         if key.shape[0] != b or value.shape[0] != b:
             raise ValueError(f"key and value must have batch size {b} like query, "
@@ -291,12 +263,14 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"value must have the same length as key: {value.shape[1]} != {key.shape[1]}")
         lk = key.shape[1]
         m = None if mask is None else self._mask_for_scores(mask, b, lq, lk)
-        q = self.split_heads(self.w_q(query))
-        k = self.split_heads(self.w_k(key))
-        v = self.split_heads(self.w_v(value))
+        q = self.split_heads(rowwise(self.w_q, query))
+        k = self.split_heads(rowwise(self.w_k, key))
+        v = self.split_heads(rowwise(self.w_v, value))
+        # rowwise(f, x) = f(x), except that a NaN row of x never reaches f's
+        # weight gradient (geoattn.masking)
         z, alpha = scaled_dot_product_attention(q, k, v, m,
                                                 return_weights=True)
-        return self.w_o(self.merge_heads(z)), alpha
+        return rowwise(self.w_o, self.merge_heads(z)), alpha
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> MultiHeadAttention:

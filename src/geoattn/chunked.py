@@ -52,7 +52,7 @@ from torch.autograd.function import once_differentiable
 
 from .contract import check_block_size, check_geometric_inputs, compute_dtype
 from .distances import finite_or_nan, key_centre
-from .masking import zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 from .online_softmax import OnlineSoftmaxState, online_softmax_init, online_softmax_result
 
 __all__ = ["chunked_geometric_attention", "chunked_core", "tile_sizes", "DEFAULT_BLOCK_SIZE", "TILE_NUMBERS"]
@@ -239,7 +239,8 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
         qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
-        centre = key_centre(kd, pairs.key_mask)  # see geoattn.distances
+        # one centre per chain (see geoattn.distances)
+        centre = key_centre(kd, pairs.key_mask, pairs.chain_id)
         qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
@@ -267,11 +268,19 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
 
 def chunked_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *, sequence_id=None,
                  chain_id=None, block_size=None) -> Tensor:
-    """The chunked implementation without input validation (the dispatcher validated)."""
+    """The chunked implementation without input validation (the dispatcher validated).
+
+    Non-finite inputs, and vectors too large for fp32 arithmetic, are replaced and mark NaN
+    the rows that read them through a kept pair (``geoattn.masking``), so the tile loop
+    needs no per-pair ``where`` and overflows nowhere.
+    """
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
+    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id,
+                                                    rot_weight=rot_weight, dist_weight=dist_weight,
+                                                    compute=compute_dtype(v))
     pairs = _Pairs(key_mask, sequence_id, chain_id)
-    return _ChunkedGeometricAttention.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs,
-                                            block_size)
+    out = _ChunkedGeometricAttention.apply(*finite, rot_weight, dist_weight, pairs, block_size)
+    return out + nan_where(nan_rows, out)
 
 
 def chunked_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,

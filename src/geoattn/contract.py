@@ -10,12 +10,25 @@ The contract (see ``DESIGN.md``):
 
 - ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3), floating point (fp64, fp32, fp16,
   bf16), one device;
-- ``rot_weight, dist_weight``: (H,), floating point, non-negative (after softplus);
+- ``rot_weight, dist_weight``: (H,), floating point, every entry finite and >= 0: the
+  weights *after* softplus. A negative, NaN or infinite weight is a ValueError that names
+  it (chunked folds w_d into the points, ‖w q − w k‖ = w ‖q − k‖, which holds for w ≥ 0
+  only; an infinite weight has no finite score);
 - ``key_mask``: (B, L) bool, True = the key may be attended;
 - ``sequence_id``: (B, L) integer; +1 on the score of every pair in one sequence;
 - ``chain_id``: (B, L) integer; a pair in different chains is masked;
 - ``block_size``: None (the implementation's choice) or an int that :data:`BLOCK_SIZES`
   allows for the implementation.
+
+What a masked pair guarantees (a masked key, or a query and key in different chains): it
+never influences an output or a gradient, even where the numbers it would read are NaN,
+±inf or overflow fp32. So a NaN in one chain of a packed batch reaches only the rows of
+its own chain, and a row with no key left returns zeros (and zero gradients). A
+non-finite number read through a pair that is kept gives NaN in the rows that read it,
+never a finite number; so does a vector too large for the compute dtype's arithmetic (a
+coordinate of at least √max/8, 2.3e18 in fp32, measured from its chain's key centre, or
+times a head weight > 1), so that no score overflows (to a silent weight of 0, or a row of
+zeros) in any implementation.
 """
 from __future__ import annotations
 
@@ -25,6 +38,7 @@ from torch import Tensor
 from .validation import (
     require_bool_mask,
     require_float_dtype,
+    require_head_weight,
     require_int,
     require_integer_ids,
     require_same_device,
@@ -106,4 +120,6 @@ def check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_wei
     require_integer_ids("chain_id", chain_id, (b, length))
     require_same_device({**given, "rot_weight": rot_weight, "dist_weight": dist_weight, "key_mask": key_mask,
                          "sequence_id": sequence_id, "chain_id": chain_id}, "q_rot")
+    for name, w in (("rot_weight", rot_weight), ("dist_weight", dist_weight)):
+        require_head_weight(name, w)  # on a GPU: a host synchronisation each
     return b, length, h

@@ -4,7 +4,8 @@
   where the norm is not finite.
 - :func:`pair_distances`: ‖q_i − k_j‖₂ for every (query, key) pair, through the (…, L, L, 3)
   differences that ESM's code forms, freed as soon as their norm exists.
-- :func:`key_centre`: a point near the keys that masked and non-finite keys cannot move.
+- :func:`key_centre`: a point near each chain's keys that masked and non-finite keys,
+  and other chains, cannot move.
   Distances do not change when q_d and k_d shift together, so both paths subtract it
   first: points far from the origin but near each other keep every digit.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .chains import over_keys
 
 __all__ = ["safe_norm", "pair_distances", "finite_or_nan", "key_centre"]
 
@@ -46,12 +49,22 @@ def pair_distances(q: Tensor, k: Tensor) -> Tensor:
     return torch.linalg.vector_norm(q[..., :, None, :] - k[..., None, :, :], dim=-1)
 
 
-def key_centre(k_dist: Tensor, key_mask: Tensor | None) -> Tensor:
-    """Mean of the finite, unmasked key points: (B, H, 1, 3) for ``k_dist``
-    (B, H, L, 3) and ``key_mask`` (B, L); 0 where no key qualifies."""
+def key_centre(k_dist: Tensor, key_mask: Tensor | None,
+               chain_id: Tensor | None = None) -> Tensor:
+    """Mean of the finite, unmasked key points of each chain: (B, H, L, 3),
+    the centre of residue l's chain, for ``k_dist`` (B, H, L, 3) and
+    ``key_mask``, ``chain_id`` (B, L); (B, H, 1, 3) without ``chain_id``;
+    0 where no key qualifies.
+
+    Per chain, because only pairs within a chain are scored: shifting each
+    chain's queries and keys by its own centre changes no score, and one
+    chain's points (far away, or huge) cannot cost another its digits.
+    """
     keep = torch.isfinite(k_dist).all(dim=-1, keepdim=True)  # (B, H, L, 1)
-    if key_mask is not None:
-        keep = keep & key_mask[:, None, :, None]
     zero = torch.zeros((), dtype=k_dist.dtype, device=k_dist.device)
-    total = torch.where(keep, k_dist, zero).sum(dim=-2, keepdim=True)
-    return total / keep.sum(dim=-2, keepdim=True).clamp(min=1)
+    points = torch.where(keep, k_dist, zero)
+    count = keep.to(k_dist.dtype)
+    # sums over the keys each residue may attend (geoattn.chains)
+    total = over_keys(points, key_mask, chain_id, "sum", dim=-2)
+    count = over_keys(count, key_mask, chain_id, "sum", dim=-2)
+    return total / count.clamp(min=1)

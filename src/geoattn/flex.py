@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .contract import check_geometric_inputs, compute_dtype
 from .distances import key_centre
-from .masking import zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 
 __all__ = ["flex_geometric_attention", "flex_core", "FLEX_HEAD_DIM"]
 
@@ -75,8 +75,12 @@ def flex_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask
     b, length, h, _ = q_rot.shape
     dtype = compute_dtype(v)
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
-    # distances do not change when both point sets move together
-    centre = key_centre(k_dist.to(dtype).transpose(1, 2), key_mask).transpose(1, 2)  # (B, 1, H, 3)
+    # as every implementation: non-finite or too large vectors replaced, their rows NaN at the end
+    (q_rot, k_rot, q_dist, k_dist, v), (nan_rows, _) = finite_geometric_inputs(
+        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id, rot_weight=rot_weight,
+        dist_weight=dist_weight, compute=dtype)
+    # distances do not change when a chain's points move together: each chain's own centre
+    centre = key_centre(k_dist.to(dtype).transpose(1, 2), key_mask, chain_id).transpose(1, 2)
     q = _heads_first(q_rot.to(dtype) * (rot_weight.to(dtype) / math.sqrt(3.0))[:, None], dtype, pad=True)
     k, val = _heads_first(k_rot, dtype, pad=True), _heads_first(v, dtype, pad=True)
     qd = _heads_first(q_dist.to(dtype) - centre, dtype, pad=False)
@@ -113,7 +117,8 @@ def flex_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask
         # eager is asked for on purpose (a check, not a benchmark): no advice needed
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = _flex(backend)(q, k, val, score_mod=score_mod, block_mask=block_mask, scale=1.0)
-    return out[..., :3].transpose(1, 2).to(v.dtype)
+    out = out[..., :3].transpose(1, 2).to(v.dtype)
+    return out + nan_where(nan_rows, out)
 
 
 def flex_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,

@@ -30,7 +30,7 @@ from .attention import softmax
 from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
 from .distances import key_centre, pair_distances, safe_norm
 from .frames import apply_frame, apply_rotation
-from .masking import pair_mask, zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, pair_mask, rowwise, zero_masked_keys
 from .validation import (
     FLOAT_DTYPES,
     require_bool,
@@ -40,6 +40,7 @@ from .validation import (
     require_int,
     require_integer_ids,
     require_number,
+    require_param_dtype,
     require_same_device,
     require_shape,
     require_state_value,
@@ -62,12 +63,14 @@ _INV_SQRT3 = 1.0 / math.sqrt(3.0)
 
 
 def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight,
-                      sequence_id=None, compute=torch.float32, key_mask=None):
+                      sequence_id=None, compute=torch.float32, key_mask=None,
+                      chain_id=None):
     # (B, L, H, 3) -> (B, H, L, 3): one attention per batch entry and head
     qr, kr, qd, kd = (t.to(compute).transpose(1, 2)
                       for t in (q_rot, k_rot, q_dist, k_dist))
     # distances ignore a common shift; centred points keep their digits
-    centre = key_centre(kd, key_mask)
+    # (one centre per chain: pairs across chains are never scored)
+    centre = key_centre(kd, key_mask, chain_id)
     # the 1/√3 joins the (H,) weights, not an (L, L) tensor
     w_r = rot_weight.to(compute)[None, :, None, None] * _INV_SQRT3
     w_d = dist_weight.to(compute)[None, :, None, None] * _INV_SQRT3
@@ -79,9 +82,9 @@ def _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight,
     rot = (w_r * qr) @ kr.transpose(-1, -2)  # (B, H, L, L)
     # line 9: S = w_r R / √3 − w_d D / √3, in place: no third (L, L) tensor
     scores = rot.addcmul_(dist, w_d, value=-1)
-    # an infinite D (float32 overflow, or an infinite point) gives NaN,
-    # never a silent weight of 0
-    scores.masked_fill_(torch.isinf(dist), float("nan"))
+    # an infinite score (float32 overflow of either term, or an infinite
+    # point) gives NaN, never a silent weight of 0 or a row of zeros
+    scores.masked_fill_(torch.isinf(scores), float("nan"))
     if sequence_id is not None:  # ESM's bias: +1 in one sequence (not a mask)
         same = sequence_id[:, :, None] == sequence_id[:, None, :]  # (B, L, L)
         scores += same[:, None]
@@ -112,7 +115,8 @@ def _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_ma
     k_rot, k_dist = zero_masked_keys(key_mask, k_rot, k_dist)
     # lines 7-9
     logits = _geometric_logits(q_rot, k_rot, q_dist, k_dist, rot_weight,
-                               dist_weight, sequence_id, compute, key_mask)
+                               dist_weight, sequence_id, compute, key_mask,
+                               chain_id)
     # line 10
     return softmax(logits, dim=-1, mask=pair_mask(key_mask, chain_id))
 
@@ -123,12 +127,16 @@ def geometric_attention_weights(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_w
     Validates its inputs.
 
     Masked keys (``key_mask`` False) and pairs in different chains (``chain_id``) get
-    weight 0; a row with no key left is all zeros.
+    weight 0 and never matter, even NaN; a row with no key left is all zeros; a row that
+    reads a non-finite number through a kept pair, or whose score overflows, is NaN.
     """
     check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, rot_weight, dist_weight, key_mask,
                            sequence_id=sequence_id, chain_id=chain_id)
-    return _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
-                          compute_dtype(q_rot))
+    finite, (nan_rows, _) = finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, None, key_mask, chain_id,
+                                                    rot_weight=rot_weight, dist_weight=dist_weight,
+                                                    compute=compute_dtype(q_rot))
+    attn = _attention_map(*finite, rot_weight, dist_weight, key_mask, sequence_id, chain_id, compute_dtype(q_rot))
+    return attn + nan_where(nan_rows.transpose(1, 2), attn)
 
 
 def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask=None, *,
@@ -143,10 +151,16 @@ def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_
         return v + 0 * sum(t.sum() for t in (q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight))
     compute = compute_dtype(v)
     (v,) = zero_masked_keys(key_mask, v)
+    # Non-finite (or too large) vectors are replaced and mark NaN the rows that read them
+    # through a kept pair (geoattn.masking): a masked pair then meets no 0 · NaN, forward
+    # or backward, and nothing overflows.
+    (q_rot, k_rot, q_dist, k_dist, v), (nan_rows, _) = finite_geometric_inputs(
+        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id, rot_weight=rot_weight, dist_weight=dist_weight,
+        compute=compute)
     attn = _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                           compute)  # lines 7-10
     out = attn @ v.to(compute).transpose(1, 2)  # line 12: O = A · V, (B, H, L, 3)
-    return out.transpose(1, 2).to(v.dtype)
+    return out.transpose(1, 2).to(v.dtype) + nan_where(nan_rows, v)
 
 
 def _implementation(impl: str):
@@ -166,7 +180,8 @@ def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight
     """Geometric attention over vectors already in the global frame; see the module docstring.
 
     Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3). ``rot_weight``, ``dist_weight``:
-    (H,), non-negative (already through softplus). ``key_mask``: (B, L) bool, True = key
+    (H,), the weights *after* softplus: every entry finite and >= 0 (0 included); a
+    negative, NaN or infinite weight is a ValueError naming it. ``key_mask``: (B, L) bool, True = key
     may be attended. ``sequence_id``: (B, L) int, adds +1 to the score of every pair in one
     sequence (ESM's bias). ``chain_id``: (B, L) int, masks every pair in different chains.
 
@@ -176,8 +191,15 @@ def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight
 
     Validates the inputs once, then runs the chosen implementation. Returns a tensor shaped
     and typed like ``v``; math runs in fp32 (fp64 for fp64 inputs). A query row with no key
-    to attend returns zeros. Values at masked keys never matter, even NaN or inf; a NaN in
-    an input that is not masked gives NaN in the outputs it reaches.
+    to attend returns zeros (and zero gradients).
+
+    A masked pair (a masked key, or two chains) never influences an output or a gradient,
+    even where what it would read is NaN, ±inf or overflows: a NaN in one chain of a packed
+    batch reaches only its own chain. A non-finite number read through a kept pair gives
+    NaN in the outputs that read it, never a finite number or a row of zeros; so does a
+    vector too large for fp32 arithmetic (a coordinate of at least √max/8, 2.3e18 in fp32,
+    from its chain's key centre, or times a weight > 1: ``masking.finite_geometric_inputs``),
+    the same rows in every implementation, so no score ever overflows to a silent 0.
     """
     check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask,
                            sequence_id=sequence_id, chain_id=chain_id)
@@ -212,13 +234,28 @@ def random_geometric_inputs(batch: int, length: int, heads: int, *, seed: int = 
 # The layer: Algorithm 6, lines 1-14.
 
 
+def _finite_frames(rotations: Tensor, translations: Tensor) -> Tensor:
+    """(B, L) bool: whether each residue's frame (R and t) is finite."""
+    return torch.isfinite(rotations).flatten(-2).all(-1) & torch.isfinite(translations).all(-1)
+
+
 def _frames(rotations: Tensor, translations: Tensor, mask: Tensor | None, dtype: torch.dtype):
-    """(R, t) in ``dtype``; a masked residue gets the identity frame, so a NaN frame cannot leak."""
+    """(R, t) in ``dtype``; a masked residue, or one whose frame is not finite, gets the
+    identity frame, so a NaN frame cannot leak, not even as 0 · NaN in a gradient (the
+    layer makes the vectors of a non-finite frame NaN instead: :func:`_lost_frames`)."""
     R, t = rotations.to(dtype), translations.to(dtype)
+    keep = _finite_frames(R, t)
     if mask is not None:
-        R = torch.where(mask[..., None, None], R, torch.eye(3, dtype=dtype, device=R.device))
-        t = torch.where(mask[..., None], t, torch.zeros_like(t))
+        keep = keep & mask
+    R = torch.where(keep[..., None, None], R, torch.eye(3, dtype=dtype, device=R.device))
+    t = torch.where(keep[..., None], t, torch.zeros_like(t))
     return R, t
+
+
+def _lost_frames(rotations: Tensor, translations: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, L, 1) bool: residues whose frame is used (not masked by ``mask``) but not finite."""
+    lost = ~_finite_frames(rotations, translations)
+    return (lost if mask is None else lost & mask)[..., None]
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -354,6 +391,7 @@ class GeometricSelfAttention(nn.Module):
         require_tensor("x", x)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}); got {tuple(x.shape)}")
+        require_param_dtype(self, x=x)  # frames may have any float dtype: they are converted
         b, length = x.shape[:2]
         require_shape("rotations", require_tensor("rotations", rotations), (b, length, 3, 3), "(B, L, 3, 3)")
         require_shape("translations", require_tensor("translations", translations), (b, length, 3), "(B, L, 3)")
@@ -376,12 +414,18 @@ class GeometricSelfAttention(nn.Module):
 
     def _vectors(self, x, rotations, translations, mask):
         # ESM only: LayerNorm before the projection (nn.Identity by default)
-        h = self.norm(x)
+        # (rowwise: f(x), but a NaN row never meets f's weight gradient)
+        h = rowwise(self.norm, x)
+        # a residue whose frame is not finite computes with the identity frame
+        # (_frames) and a NaN row of h, so NaN vectors: NaN where it is read,
+        # finite gradients
+        lost = _lost_frames(rotations, translations, self._frame_mask(mask))
+        h = h + nan_where(lost, h)
         # line 1: Q_r, K_r, Q_d, K_d, V = Linear(X), each (B, L, H, 3) in
         # residue i's local frame
         n_qk = 4 * self.n_heads * 3
         n_v = self.num_vector_messages * self.n_heads * 3
-        qk, v = self.proj(h).split([n_qk, n_v], dim=-1)
+        qk, v = rowwise(self.proj, h).split([n_qk, n_v], dim=-1)
         q_rot, k_rot, q_dist, k_dist = rearrange(
             qk, "b l (n h c) -> n b l h c", n=4, c=3)
         # heads outer, messages inner
@@ -438,7 +482,9 @@ class GeometricSelfAttention(nn.Module):
         if mask is not None and self.zero_masked_outputs:
             zero = torch.zeros((), dtype=o.dtype, device=o.device)
             o = torch.where(mask[..., None, None], o, zero)
-        update = self.out_proj(rearrange(o, "b l hm c -> b l (hm c)"))
+        # rowwise(f, x) = f(x), but a NaN row never meets f's weight gradient
+        o = rearrange(o, "b l hm c -> b l (hm c)")
+        update = rowwise(self.out_proj, o)
         # line 14: X = X + Linear(O) (ESM: scale 1/√(n_layers/36))
         return x + self.residual_scale * update
 

@@ -50,6 +50,7 @@ from .validation import (
     require_float_dtype,
     require_int,
     require_number,
+    require_param_dtype,
     require_same_device,
     require_shape,
     require_state_value,
@@ -264,6 +265,7 @@ class InvariantPointAttention(nn.Module):
         require_tensor("x", x)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}); got {tuple(x.shape)}")
+        require_param_dtype(self, x=x, pair=pair)
         b, length = x.shape[:2]
         require_shape("rotations", require_tensor("rotations", rotations), (b, length, 3, 3), "(B, L, 3, 3)")
         require_shape("translations", require_tensor("translations", translations), (b, length, 3), "(B, L, 3)")

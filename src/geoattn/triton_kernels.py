@@ -38,8 +38,12 @@ an output in their dtype; fp64 inputs are *computed in fp32* and returned as fp6
 ``impl="naive"`` for an fp64 reference). A query row without any key gets output 0,
 log-sum-exp +inf (so the backward's P = 2^(S − lse) is exactly 0) and gradient 0. At
 coincident points q_d[i] = k_d[j] the gradient of the norm is taken as 0, as in
-``geoattn.geometric.safe_norm``. Points so far apart that a squared distance could
-overflow fp32 (about 1.8e19 Å) make the whole output NaN, never a silent 0. Nothing
+``geoattn.geometric.safe_norm``. Non-finite inputs never reach the kernels: they are
+replaced by 0, and the rows that read one through a kept pair are NaN (``geoattn.masking``),
+so a NaN in one chain reaches no other chain; so are vectors too large for fp32 arithmetic
+(a coordinate of about 2.3e18 from their chain's centre: ``masking.finite_geometric_inputs``),
+so no score overflows in the kernels and such rows are NaN, never a silent 0, as in every
+implementation. q_d and k_d are centred per chain first (``key_centre``). Nothing
 reads memory the kernels did not write: Δ = G·O is computed on the first L positions
 only and is 0 past them.
 """
@@ -56,14 +60,15 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .contract import check_block_size, check_geometric_inputs
+from .contract import check_block_size, check_geometric_inputs, compute_dtype
+from .distances import key_centre
 from .kernels import triton  # the package's import explains a missing triton
 from .kernels.common import LOG2E
 from .kernels.configs import EXPLICIT_WARPS, GPU_PAD, GPU_SHAPES, NUM_STAGES, SMALL_MAX_L, SMALL_SHAPES
 from .kernels.offline import KERNELS, compile_signatures
 from .kernels.small import _small_bwd_kernel, _small_fwd_kernel
 from .kernels.streaming import _bwd_dkdv_kernel, _bwd_dq_kernel, _fwd_kernel
-from .masking import zero_masked_keys
+from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 from .online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_result
 
 __all__ = ["triton_geometric_attention", "triton_core", "KERNELS", "GPU_SHAPES", "compile_signatures",
@@ -330,6 +335,13 @@ def _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mas
     if v.numel() == 0:
         return _EmptyFn.apply(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight)
     k_rot, k_dist, v = zero_masked_keys(key_mask, k_rot, k_dist, v)
+    # Non-finite vectors, and vectors too large for fp32 arithmetic, are replaced and mark
+    # NaN the rows that read them through a kept pair (geoattn.masking): the kernels see
+    # finite numbers only, overflow nowhere and need no per-pair select.
+    # (the kernels compute in fp32, so "too large" is judged for fp32)
+    (q_rot, k_rot, q_dist, k_dist, v_in), (nan_rows, _) = finite_geometric_inputs(
+        q_rot, k_rot, q_dist, k_dist, v, key_mask, chain_id, rot_weight=rot_weight, dist_weight=dist_weight)
+    q_dist, k_dist = _centred(q_dist, k_dist, key_mask, chain_id, compute_dtype(v))
     padded, use_small = _padded_length(length, block_size)
     if small is False and use_small:
         padded, use_small = _padded_length(length, _PAD)[0], False
@@ -342,22 +354,19 @@ def _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mas
         bias = torch.full((b, padded), float("-inf"), device=v.device, dtype=torch.float32)
         bias[:, :length].masked_fill_(key_mask, 0.0)
     rows = (bias, _id_rows(sequence_id, padded), _id_rows(chain_id, padded))
-    planes = [_planes(t, padded) for t in (a, k_rot, q_dist, k_dist, v)]  # O(L) PyTorch passes, not O(L²)
+    planes = [_planes(t, padded) for t in (a, k_rot, q_dist, k_dist, v_in)]  # O(L) PyTorch passes, not O(L²)
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():  # launch on the inputs' GPU
         o = _GeometricAttentionFn.apply(*planes, c, rows, h, length, block_size, use_small, splits)
-    return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype) + _overflow_nan(q_dist, k_dist)
+    return rearrange(o[:, :, :length], "(b h) c l -> b l h c", b=b).to(v.dtype) + nan_where(nan_rows, v)
 
 
-def _overflow_nan(qd: Tensor, kd: Tensor) -> Tensor:
-    """0, or NaN when a squared distance could overflow fp32 (|q| + |k| near √(max/3)).
-
-    The kernels would read an overflowed distance as a score of −inf, the score of a masked
-    key, and return a silent 0; this makes the whole output NaN instead. It is decided on the
-    device (a 0-d ``where``, no synchronisation) from O(L) reductions.
-    """
-    bound = sum(x.abs().nan_to_num(nan=0.0, posinf=math.inf).amax().float() for x in (qd, kd))
-    limit = math.sqrt(torch.finfo(torch.float32).max / 3)  # a NaN input spoils its own rows only
-    return torch.where(bound < limit, 0.0, float("nan"))
+def _centred(q_dist: Tensor, k_dist: Tensor, key_mask, chain_id, dtype) -> tuple[Tensor, Tensor]:
+    """q_d and k_d shifted by their chain's key centre (``geoattn.distances.key_centre``),
+    in ``dtype``: no score changes, and points far from the origin keep their digits. The
+    centre is a constant for autograd (distances do not depend on it)."""
+    q_dist, k_dist = q_dist.to(dtype), k_dist.to(dtype)
+    centre = key_centre(k_dist.detach().transpose(1, 2), key_mask, chain_id).transpose(1, 2)
+    return q_dist - centre, k_dist - centre
 
 
 def _check_device(q_rot):

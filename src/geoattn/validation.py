@@ -31,6 +31,8 @@ __all__ = [
     "require_trailing",
     "require_same_device",
     "require_state_value",
+    "require_param_dtype",
+    "require_head_weight",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -165,3 +167,28 @@ def require_state_value(key: str, value) -> Tensor:
         raise ValueError(f"{key}: a meta tensor holds no values (a model built on the meta "
                          "device, or a checkpoint loaded without its data)")
     return value
+
+
+def require_param_dtype(module: torch.nn.Module, **tensors: Tensor | None) -> None:
+    """Every tensor given (None and non-tensors skipped: their own checks name them) has
+    the dtype of ``module``'s parameters.
+
+    A mismatch would fail deep inside ``nn.Linear`` ("mat1 and mat2 must have the same
+    dtype"), naming neither the argument nor the two dtypes.
+    """
+    dtype = next(module.parameters()).dtype
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.dtype != dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but the layer's parameters are {dtype}: "
+                             f"convert one to the other ({name}.to({dtype}) or layer.to({t.dtype}))")
+
+
+def require_head_weight(name: str, w: Tensor) -> Tensor:
+    """``w`` if every entry is finite and >= 0 (a weight after softplus); else ValueError."""
+    if w.device.type == "meta":  # no values to check
+        return w
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bad.any():
+        raise ValueError(f"{name} must be finite and non-negative (a weight after softplus); "
+                         f"got {w.detach()[bad][0].item()!r} at head {int(bad.nonzero()[0, 0])}")
+    return w
