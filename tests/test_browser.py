@@ -486,7 +486,8 @@ def test_readme_links_the_workflow_badge_and_the_pages_site():
 def test_sphinx_fix_keeps_one_copy_of_each_inline_script():
     from sphinx.builders.html._assets import _JavaScript
 
-    from geoattn._sphinx_fixes import _dedupe_scripts
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from geoattn_book_fixes import _dedupe_scripts
 
     body = 'const THEBE_JS_URL = "x"'
     scripts = [_JavaScript("a.js"), _JavaScript(None, body=body), _JavaScript("", body=body),

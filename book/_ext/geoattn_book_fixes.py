@@ -1,4 +1,5 @@
-"""A Sphinx extension for building the book (listed in ``_config.yml``), not part of the library's API.
+"""A Sphinx extension for building the book (``local_extensions`` in ``_config.yml``); it lives in
+``book/_ext``, not in the library, so installing geoattn (on Colab) does not install it.
 
 It removes duplicated inline ``<script>`` tags from every page. Sphinx 7.4 registers an
 inline script added after the builder started (as sphinx-thebe and sphinx-togglebutton
