@@ -72,7 +72,7 @@ def test_backbone_view_is_deterministic_and_self_contained():
     assert page == again._repr_html_()
     assert 'id="v1"' in page and "<canvas" in page and "src=" not in page  # no script fetched
     assert repr(view) == ("<3-D view 'v1': Cα trace of 76 residues, 19 frames "
-                          "(x red, y green, z blue); drag to rotate>")
+                          "(x solid, y dashed, z dotted); drag to rotate>")
     with pytest.raises(ValueError, match="element_id"):
         backbone_view(bb, element_id="1 bad")
     with pytest.raises(ValueError, match="rotations"):
