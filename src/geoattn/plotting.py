@@ -28,7 +28,7 @@ FRAME_AXIS_COLORS = ("#D55E00", "#009E73", "#0072B2")
 # figure from shrinking further on a phone, and tests/test_browser.py checks both, from the
 # numbers book_png writes into each PNG.
 MIN_TEXT_PX = 9.0
-COLUMN_PX = 700
+COLUMN_PX = 680
 
 # Characters of a formatted number, a vector of numbers or a range ("1–18", "96°", "< 1e-10").
 _NUMBER_CHARS = set("0123456789.,+-−eE[]() <>%×°–")
