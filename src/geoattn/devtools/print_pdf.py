@@ -27,6 +27,16 @@ __all__ = ["MATHJAX_CDN", "chromium_path", "chapter_pages", "print_pdfs", "main"
 
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 
+# In print media, what is wider than its box, so that paper would cut it: code, outputs,
+# display equations, tables. (Paper cannot scroll.)
+CUT_JS = r"""() => {
+  const wide = el => el.scrollWidth > el.clientWidth + 1 && el.getClientRects().length > 0;
+  const text = el => el.textContent.trim().replace(/\s+/g, ' ').slice(0, 70);
+  const boxes = [...document.querySelectorAll('pre, mjx-container[display="true"], table, '
+                                              + '.pst-scrollable-table-container, a.image-reference')];
+  return boxes.filter(wide).map(el => el.tagName.toLowerCase() + ': ' + text(el));
+}"""
+
 
 def chromium_path() -> str | None:
     if os.environ.get("CHROMIUM"):
@@ -54,8 +64,11 @@ def _local_mathjax() -> Path | None:
     return path if path.is_dir() else None
 
 
-def print_pdfs(html: Path, out: Path, pages: list[str], *, chromium: str | None = None) -> list[Path]:
-    """Print each of ``pages`` (paths under ``html`` without ``.html``) to ``out/<name>.pdf``."""
+def print_pdfs(html: Path, out: Path, pages: list[str], *, chromium: str | None = None) -> dict[str, dict]:
+    """Print each of ``pages`` (paths under ``html`` without ``.html``) to ``out/<name>.pdf``.
+
+    Returns, per page, ``{"pdf": path, "cut": [...]}``: ``cut`` lists what the printed page
+    shows wider than its box (it should be empty)."""
     from playwright.sync_api import sync_playwright
 
     chromium = chromium or chromium_path()
@@ -83,7 +96,7 @@ def print_pdfs(html: Path, out: Path, pages: list[str], *, chromium: str | None 
                 return r.fulfill(path=str(local))
         return r.continue_() if os.environ.get("GEOATTN_PDF_ONLINE") == "1" else r.abort("blockedbyclient")
 
-    written = []
+    written: dict[str, dict] = {}
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True,
@@ -101,9 +114,12 @@ def print_pdfs(html: Path, out: Path, pages: list[str], *, chromium: str | None 
                     page.evaluate("() => window.dispatchEvent(new Event('beforeprint'))")
                     page.emulate_media(media="print")
                     target = out / f"{Path(name).name}.pdf"
+                    # The page's width while printing: A4 less the margins, in CSS px.
+                    page.set_viewport_size({"width": round((210 - 28) / 25.4 * 96), "height": 1100})
+                    cut = page.evaluate(CUT_JS)
                     page.pdf(path=str(target), format="A4", print_background=True,
                              margin={"top": "16mm", "bottom": "16mm", "left": "14mm", "right": "14mm"})
-                    written.append(target)
+                    written[name] = {"pdf": target, "cut": cut}
                     page.close()
             finally:
                 browser.close()
@@ -120,9 +136,13 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[3],
                         help="the repository (its _toc.yml names the chapters)")
     args = parser.parse_args(argv)
-    for path in print_pdfs(args.html, args.out, chapter_pages(args.root)):
-        print(path)
-    return 0
+    failed = False
+    for result in print_pdfs(args.html, args.out, chapter_pages(args.root)).values():
+        print(result["pdf"])
+        for item in result["cut"]:
+            failed = True
+            print(f"  cut off on paper: {item}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    # No progress bars in stored outputs: a text bar stores every update as a line
+    # (chapter 6 had about 30), and a widget bar's output differs from run to run.
+    "GEOATTN_PROGRESS": "0",
 }
 
 # Written by a run, not by an author.
