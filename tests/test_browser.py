@@ -6,7 +6,12 @@ image loads, the Colab launch button opens that chapter's notebook, and the cons
 no JavaScript error. At 1280 px no output block or display equation is wider than its
 column and at most 3 code blocks scroll sideways; every figure has a numbered caption and
 written alt text. At a phone's 390 px the page never scrolls sideways, and the chapter
-list and "Contents" drawers open when tapped. Chapter 3's 3-D view draws and turns. The machine has no internet, so MathJax's CDN request is answered
+list and "Contents" drawers open when tapped. Chapter 3's 3-D view draws and turns.
+Figures keep their aspect ratio at both widths, and their smallest text (which each PNG
+records, see geoattn.plotting.book_png) renders at 9 px or more; cells that show an
+exercise's answer (tag solution-source) are folded; every equation carries MathJax's
+assistive MathML; axe-core (tests/vendor/axe-core) finds no serious or critical
+violation, and in dark mode no contrast fault; what scrolls sideways on a phone shows a cue. The machine has no internet, so MathJax's CDN request is answered
 from the copy of MathJax 3 in the ``django-static-mathjax`` package (pinned in
 requirements.txt), and every other off-machine request is aborted (and its network error
 ignored). Skipped when no Chromium is installed (``.ci/run`` installs Debian's), unless

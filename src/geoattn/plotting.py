@@ -331,6 +331,8 @@ def backbone_view(backbone, rotations=None, translations=None, *, residues=None,
                         axis_length=float(axis_length), title=title)
 
 
+# The legend shows each axis's colour and dash as a line beside a letter in the text
+# colour: letters in the palette's colours would fail the 4.5:1 text contrast on white.
 # The viewer: orthographic projection on a 2-D canvas, drawn back to front; dragging
 # turns the molecule about the screen's vertical (left-right) and horizontal (up-down) axes.
 _VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5em 0;">
@@ -338,8 +340,10 @@ _VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5e
  style="width:100%;aspect-ratio:1/1;touch-action:none;cursor:grab;border:1px solid #8884;border-radius:4px;">
 </canvas>
 <div style="font-size:0.85em;">Drag to rotate. Cα trace in grey; frame axes
-<span style="color:#D55E00">x (solid)</span>, <span style="color:#009E73">y (dashed)</span>,
-<span style="color:#0072B2">z (dotted)</span> at every drawn residue.</div>
+<span style="display:inline-block;width:1.6em;border-top:3px solid #D55E00;vertical-align:middle"></span> x,
+<span style="display:inline-block;width:1.6em;border-top:3px dashed #009E73;vertical-align:middle"></span> y,
+<span style="display:inline-block;width:1.6em;border-top:3px dotted #0072B2;vertical-align:middle"></span> z
+at every drawn residue.</div>
 <script type="application/json" id="@ID@-data">@DATA@</script>
 <script>
 (function () {
