@@ -79,7 +79,7 @@ def test_on_colab_it_installs_the_pinned_release(monkeypatch, capsys):
 def test_without_the_tag_it_falls_back_to_the_default_branch_and_says_so(monkeypatch, capsys):
     installed = _run_cell_on_fake_colab(monkeypatch, [1, 0])
     assert installed == [f"geoattn @ git+{repository_url()}@{TAG}", f"geoattn @ git+{repository_url()}"]
-    assert f"WARNING: geoattn {TAG} could not be installed" in capsys.readouterr().err
+    assert f"WARNING: could not install geoattn {TAG}" in capsys.readouterr().err
 
 
 def _git(*args):

@@ -36,7 +36,7 @@ if "google.colab" in sys.modules:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     if subprocess.run([*pip, f"geoattn @ {{release}}"]).returncode != 0:
         # The tag cannot be fetched: fall back to the default branch.
-        print("WARNING: geoattn v{version} could not be installed; installing the "
+        print("WARNING: could not install geoattn v{version}; installing the "
               "default branch instead, which may differ from this chapter.",
               file=sys.stderr)
         default_branch = release.rsplit("@", 1)[0]
