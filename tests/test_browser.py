@@ -42,6 +42,8 @@ TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]
             if (ROOT / f"{entry['file']}.ipynb").exists()]  # notebooks: the pages with a Colab button
 PAGES = [TOC["root"], *CHAPTERS]
+# The other pages of the TOC (notation, the teachers' page): checked for accessibility too.
+OTHER_PAGES = [entry["file"] for part in TOC["parts"] for entry in part["chapters"] if entry["file"] not in PAGES]
 REPO = CONFIG["repository"]["url"].rstrip("/").removeprefix("https://github.com/")
 BRANCH = CONFIG["repository"].get("branch", "main")
 COLAB = f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/"
@@ -600,6 +602,20 @@ def test_figure_text_is_readable_on_a_phone(phone_visits, html_dir, page_name):
 def test_what_scrolls_sideways_on_a_phone_shows_it(phone_visits, page_name):
     uncued = phone_visits[page_name]["uncued"]
     assert not uncued, f"{page_name}: at 390 px these scroll sideways with no cue: {uncued[:5]}"
+
+
+@pytest.mark.parametrize("page_name", OTHER_PAGES)
+@pytest.mark.parametrize("mode", ["light", "dark"])
+def test_no_serious_accessibility_violations_on_the_other_pages(browser, page_name, mode):
+    page = browser(page_name, DARK if mode == "dark" else {"width": 1280, "height": 900})
+    try:
+        violations = _axe(page, ["color-contrast", "link-in-text-block"] if mode == "dark" else None)
+    finally:
+        page.context.close()
+    print(f"axe {AXE_VERSION} ({mode}) on {page_name}: " + (", ".join(
+        f"{v['id']} ({v['impact']}, {v['nodes']})" for v in violations) or "no violations"))
+    serious = [v for v in violations if v["impact"] in SERIOUS]
+    assert not serious, f"{page_name} ({mode}): serious or critical axe violations: {serious}"
 
 
 # ----------------------------------------------------------------------- dark mode
