@@ -107,9 +107,13 @@ def _sources() -> dict[str, Path]:
 
 
 def _is_fresh(html: Path) -> bool:
-    """True if ``html`` holds every TOC page, each built after its source and after the config."""
-    config = max((ROOT / name).stat().st_mtime for name in ("_config.yml", "_toc.yml", "book/references.bib")
-                 if (ROOT / name).exists())
+    """True if ``html`` holds every TOC page, each built after its source and after the config
+    (and the book's extensions, static files and templates)."""
+    # The book's extensions, styles and templates shape every page, like the config.
+    shaping = [ROOT / name for name in ("_config.yml", "_toc.yml", "book/references.bib")]
+    shaping += [p for d in ("book/_ext", "book/_static", "book/_templates") for p in (ROOT / d).glob("*")
+                if p.is_file()]
+    config = max(p.stat().st_mtime for p in shaping if p.exists())
     for page, src in _sources().items():  # a page without a source fails its tests anyway
         built = html / f"{page}.html"
         if not built.exists() or built.stat().st_mtime < max(src.stat().st_mtime, config):
