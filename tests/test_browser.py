@@ -775,3 +775,24 @@ def test_sphinx_fix_keeps_one_copy_of_each_inline_script():
     assert context["script_files"] is scripts  # changed in place, as Sphinx restores it per page
     assert [(s.filename, s.attributes) for s in scripts] == [
         ("a.js", {}), (None, {"body": body}), ("", {"body": "const other = 1"}), ("a.js", {"defer": "defer"})]
+
+
+def test_figure_style_drops_the_height_and_keeps_the_text_readable():
+    tag = '<img alt="a" src="../_images/x.png" style="width: 600px; height: 300px;" />'
+    meta = {"geoattn:css-width": "600", "geoattn:min-text-px": "12.0"}
+    assert BOOK_FIXES.figure_style(tag, meta) == (
+        '<img alt="a" src="../_images/x.png" style="width: 600px; min-width: 450px;" />')
+    # Without the PNG's numbers (a chapter not re-executed): only the height goes.
+    assert BOOK_FIXES.figure_style(tag, {}) == '<img alt="a" src="../_images/x.png" style="width: 600px;" />'
+    # Never wider than the figure's own width.
+    assert BOOK_FIXES.min_width_px({"geoattn:css-width": "600", "geoattn:min-text-px": "6"}) == 600
+
+
+def test_the_library_is_built_without_the_book_extensions():
+    """The Sphinx extensions live in book/_ext (local_extensions), not in the package that
+    Colab installs."""
+    assert not list((ROOT / "src" / "geoattn").glob("_sphinx_*.py"))
+    local = CONFIG["sphinx"]["local_extensions"]
+    for name, folder in local.items():
+        assert (ROOT / folder / f"{name}.py").is_file(), f"{name} not in {folder}"
+    assert not any("geoattn._sphinx" in ext for ext in CONFIG["sphinx"].get("extra_extensions", []))
