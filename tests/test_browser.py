@@ -555,10 +555,16 @@ def browser(chromium, server, tmp_path_factory):
 
 
 # What scrolls sideways inside its own box on a phone (equations, tables, figures), and
-# whether it shows that it does: a shadow at the edge (a background gradient, geoattn.css).
+# whether it shows that it does: a shadow at the edge (a background gradient, geoattn.css),
+# or for a figure, whose image would hide that shadow, a line above its caption.
 SCROLLERS_JS = r"""() => {
   const wide = el => el.scrollWidth > el.clientWidth + 1;
-  const cue = el => getComputedStyle(el).backgroundImage.includes('gradient');
+  const figureCue = el => {  // an opaque image hides a shadow: a line above the caption says it
+    const cap = el.parentElement.querySelector(':scope > figcaption');
+    return el.classList.contains('geoattn-scrolls') && !!cap && getComputedStyle(cap, '::before').content !== 'none';
+  };
+  const cue = el => el.matches('a.image-reference') ? figureCue(el)
+                                                     : getComputedStyle(el).backgroundImage.includes('gradient');
   const text = el => el.textContent.trim().replace(/\s+/g, ' ').slice(0, 60);
   const boxes = [...document.querySelectorAll('mjx-container[display="true"], div.cell_output table, '
                                               + '.bd-article table, a.image-reference')];
