@@ -6,7 +6,12 @@ image loads, the Colab launch button opens that chapter's notebook, and the cons
 no JavaScript error. At 1280 px no output block or display equation is wider than its
 column and at most 3 code blocks scroll sideways; every figure has a numbered caption and
 written alt text. At a phone's 390 px the page never scrolls sideways, and the chapter
-list and "Contents" drawers open when tapped. Chapter 3's 3-D view draws and turns. The machine has no internet, so MathJax's CDN request is answered
+list and "Contents" drawers open when tapped. Chapter 3's 3-D view draws and turns.
+Figures keep their aspect ratio at both widths, and their smallest text (which each PNG
+records, see geoattn.plotting.book_png) renders at 9 px or more; cells that show an
+exercise's answer (tag solution-source) are folded; every equation carries MathJax's
+assistive MathML; axe-core (tests/vendor/axe-core) finds no serious or critical
+violation, and in dark mode no contrast fault; what scrolls sideways on a phone shows a cue. The machine has no internet, so MathJax's CDN request is answered
 from the copy of MathJax 3 in the ``django-static-mathjax`` package (pinned in
 requirements.txt), and every other off-machine request is aborted (and its network error
 ignored). Skipped when no Chromium is installed (``.ci/run`` installs Debian's), unless
@@ -15,7 +20,9 @@ ignored). Skipped when no Chromium is installed (``.ci/run`` installs Debian's),
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,17 +34,28 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))  # the book's own Sphinx extensions
+BOOK_FIXES = importlib.import_module("geoattn_book_fixes")
+png_text = BOOK_FIXES.png_text
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]
             if (ROOT / f"{entry['file']}.ipynb").exists()]  # notebooks: the pages with a Colab button
 PAGES = [TOC["root"], *CHAPTERS]
+# The other pages of the TOC (notation, the teachers' page): checked for accessibility too.
+OTHER_PAGES = [entry["file"] for part in TOC["parts"] for entry in part["chapters"] if entry["file"] not in PAGES]
 REPO = CONFIG["repository"]["url"].rstrip("/").removeprefix("https://github.com/")
 BRANCH = CONFIG["repository"].get("branch", "main")
 COLAB = f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/"
 # The address Jupyter Book's pages load MathJax from (see any built page's <script> tags).
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 SCREENSHOT = ROOT / "_build" / "screenshots" / f"{Path(CHAPTERS[0]).name}.png"
+AXE = ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js"  # see its README.md
+AXE_VERSION = "4.14.1"
+# The smallest text a figure may render at, in CSS px (geoattn.plotting.MIN_TEXT_PX).
+MIN_TEXT_PX = 9.0
+# How far a figure's rendered width/height may differ from its natural one (rounding).
+MAX_ASPECT_ERROR = 0.02
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -89,9 +107,13 @@ def _sources() -> dict[str, Path]:
 
 
 def _is_fresh(html: Path) -> bool:
-    """True if ``html`` holds every TOC page, each built after its source and after the config."""
-    config = max((ROOT / name).stat().st_mtime for name in ("_config.yml", "_toc.yml", "book/references.bib")
-                 if (ROOT / name).exists())
+    """True if ``html`` holds every TOC page, each built after its source and after the config
+    (and the book's extensions, static files and templates)."""
+    # The book's extensions, styles and templates shape every page, like the config.
+    shaping = [ROOT / name for name in ("_config.yml", "_toc.yml", "book/references.bib")]
+    shaping += [p for d in ("book/_ext", "book/_static", "book/_templates") for p in (ROOT / d).glob("*")
+                if p.is_file()]
+    config = max(p.stat().st_mtime for p in shaping if p.exists())
     for page, src in _sources().items():  # a page without a source fails its tests anyway
         built = html / f"{page}.html"
         if not built.exists() or built.stat().st_mtime < max(src.stat().st_mtime, config):
@@ -198,6 +220,44 @@ FIGURES_JS = r"""() => [...document.querySelectorAll('.cell_output img, figure i
 })"""
 
 
+# Each figure as the reader sees it: its rendered box and its natural (file) shape.
+FIGURE_BOXES_JS = r"""() => [...document.querySelectorAll('.cell_output img, figure img')]
+  .filter(img => img.src.includes('/_images/')).map(img => {
+    const r = img.getBoundingClientRect();
+    return {name: decodeURIComponent(img.src.split('/').pop()), width: r.width, height: r.height,
+            natural: [img.naturalWidth, img.naturalHeight]};
+  })"""
+
+# The cells that show the library's answer to an exercise (tag solution-source): folded,
+# labelled, and their code out of sight until the reader opens them.
+SOLUTION_SOURCE_JS = r"""() => [...document.querySelectorAll('div.cell.tag_solution-source')].map(cell => {
+  const details = cell.querySelector('details');
+  const pre = cell.querySelector('.cell_output pre');
+  return {folded: !!details && !details.open,
+          label: details ? details.querySelector('summary').textContent.replace(/\s+/g, ' ').trim() : '',
+          code_visible: !!pre && pre.checkVisibility() && pre.getClientRects().length > 0};
+})"""
+
+# A screen reader reads MathJax's hidden MathML copy of each equation.
+ASSISTIVE_JS = r"""() => ({
+  containers: document.querySelectorAll('mjx-container').length,
+  mathml: document.querySelectorAll('mjx-container mjx-assistive-mml math').length,
+})"""
+
+AXE_JS = r"""async (rules) => {
+  const options = {resultTypes: ['violations']};
+  if (rules) options.runOnly = {type: 'rule', values: rules};
+  const result = await axe.run(document, options);
+  return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length,
+                                      targets: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+}"""
+
+
+def _axe(page, rules=None) -> list[dict]:
+    page.add_script_tag(path=str(AXE))
+    return page.evaluate(AXE_JS, rules)
+
+
 def _visit(context, base: str, page_name: str, screenshot: Path | None) -> dict:
     page = context.new_page()
     errors: list[tuple[str, str]] = []
@@ -216,7 +276,11 @@ def _visit(context, base: str, page_name: str, screenshot: Path | None) -> dict:
             "links": page.evaluate(LINKS_JS),
             "overflow": page.evaluate(OVERFLOW_JS),
             "figures": page.evaluate(FIGURES_JS),
+            "figure_boxes": page.evaluate(FIGURE_BOXES_JS),
+            "solution_source": page.evaluate(SOLUTION_SOURCE_JS),
+            "assistive": page.evaluate(ASSISTIVE_JS),
         }
+        result["axe"] = _axe(page)
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
@@ -348,9 +412,106 @@ def test_no_javascript_errors(visits, page_name):
     assert not errors, f"{page_name}: console errors: {errors}"
 
 
+# ------------------------------------------------------------ figures, answers, access
+
+def _shape_errors(boxes) -> list[str]:
+    bad = []
+    for box in boxes:
+        (nw, nh), w, h = box["natural"], box["width"], box["height"]
+        if not (nw and nh and w and h):
+            bad.append(f"{box['name']}: not rendered ({w:.0f} x {h:.0f})")
+            continue
+        error = (w / h) / (nw / nh) - 1
+        if abs(error) > MAX_ASPECT_ERROR:
+            bad.append(f"{box['name']}: {w:.0f} x {h:.0f} px, squeezed {1 + abs(error):.2f}x "
+                       f"{'sideways' if error < 0 else 'vertically'}")
+    return bad
+
+
+def _small_text(boxes, html_dir: Path) -> list[str]:
+    """Figures whose smallest text renders under MIN_TEXT_PX: the PNG says how large its
+    smallest text is at its own width (geoattn.plotting.book_png); the page scales it."""
+    bad = []
+    for box in boxes:
+        meta = png_text((html_dir / "_images" / box["name"]).read_bytes())
+        if "geoattn:min-text-px" not in meta:
+            bad.append(f"{box['name']}: the PNG does not say its text size; re-execute its chapter "
+                       "(python -m geoattn.devtools.reexecute) so that geoattn.use_book_style draws it")
+            continue
+        px = float(meta["geoattn:min-text-px"]) * box["width"] / float(meta["geoattn:css-width"])
+        if px < MIN_TEXT_PX - 0.05:
+            bad.append(f"{box['name']}: smallest text {px:.1f} px at {box['width']:.0f} px wide")
+    return bad
+
+
+def test_the_book_and_its_extension_agree_on_the_smallest_text():
+    from geoattn.plotting import MIN_TEXT_PX as LIBRARY
+
+    assert MIN_TEXT_PX == BOOK_FIXES.MIN_TEXT_PX == LIBRARY
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_figures_keep_their_shape_at_1280_px(visits, page_name):
+    bad = _shape_errors(_result(visits, page_name)["figure_boxes"])
+    assert not bad, f"{page_name}: {bad}"
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_figure_text_is_readable_at_1280_px(visits, html_dir, page_name):
+    bad = _small_text(_result(visits, page_name)["figure_boxes"], html_dir)
+    assert not bad, f"{page_name}: {bad}"
+
+
+def test_cells_that_answer_an_exercise_are_folded_and_labelled(visits):
+    cells = {page: _result(visits, page)["solution_source"] for page in CHAPTERS}
+    assert sum(map(len, cells.values())) >= 1, "no cell tagged solution-source in any chapter"
+    for page, found in cells.items():
+        for i, cell in enumerate(found):
+            assert cell["folded"], f"{page}: solution-source cell {i} is not folded"
+            assert "answers an exercise" in cell["label"], f"{page}: cell {i}'s toggle says {cell['label']!r}"
+            assert not cell["code_visible"], f"{page}: solution-source cell {i} shows its code unopened"
+
+
+def test_a_reader_unfolds_a_cell_that_answers_an_exercise(browser):
+    chapter = CHAPTERS[0]
+    page = browser(chapter, {"width": 1280, "height": 900})
+    try:
+        cell = page.locator("div.cell.tag_solution-source").first
+        code = cell.locator(".cell_output pre").first
+        assert not code.is_visible()
+        cell.locator("summary").first.click()
+        page.wait_for_timeout(200)
+        assert code.is_visible(), "one click on the toggle shows the code"
+        page.emulate_media(media="print")
+        assert not cell.is_visible(), "a cell that answers an exercise prints, though opened"
+    finally:
+        page.context.close()
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_equations_carry_mathml_for_screen_readers(visits, page_name):
+    found = _result(visits, page_name)["assistive"]
+    assert found["mathml"] == found["containers"] > 0, (
+        f"{page_name}: {found['mathml']} of {found['containers']} equations carry assistive MathML")
+
+
+SERIOUS = ("serious", "critical")
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_no_serious_accessibility_violations(visits, page_name):
+    """axe-core (tests/vendor/axe-core) on the page as loaded, at 1280 px."""
+    violations = _result(visits, page_name)["axe"]
+    print(f"axe {AXE_VERSION} on {page_name}: " + (", ".join(
+        f"{v['id']} ({v['impact']}, {v['nodes']})" for v in violations) or "no violations"))
+    serious = [v for v in violations if v["impact"] in SERIOUS]
+    assert not serious, f"{page_name}: serious or critical axe violations: {serious}"
+
+
 # ---------------------------------------------------------------- phone and 3-D view
 
 PHONE = {"width": 390, "height": 844}
+DARK = {"width": 1280, "height": 900, "dark": True}
 DRAWER_LINKS_JS = r"""sel => [...document.querySelectorAll(sel + ' a')].filter(a => {
   const r = a.getBoundingClientRect(), st = getComputedStyle(a);
   return r.width > 0 && r.height > 0 && r.right > 0 && r.left < window.innerWidth &&
@@ -378,8 +539,9 @@ def browser(chromium, server, tmp_path_factory):
         b = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             def open_page(page_name, viewport):
-                context = b.new_context(viewport=viewport, has_touch=viewport is PHONE,
-                                        is_mobile=viewport is PHONE)
+                size = {"width": viewport["width"], "height": viewport["height"]}
+                context = b.new_context(viewport=size, has_touch=viewport is PHONE, is_mobile=viewport is PHONE,
+                                        color_scheme="dark" if viewport.get("dark") else "light")
                 context.route("**/*", route)
                 page = context.new_page()
                 page.goto(server + f"{page_name}.html", wait_until="load", timeout=60_000)
@@ -392,14 +554,137 @@ def browser(chromium, server, tmp_path_factory):
             b.close()
 
 
+# What scrolls sideways inside its own box on a phone (equations, tables, figures), and
+# whether it shows that it does: a shadow at the edge (a background gradient, geoattn.css),
+# or for a figure, whose image would hide that shadow, a line above its caption.
+SCROLLERS_JS = r"""() => {
+  const wide = el => el.scrollWidth > el.clientWidth + 1;
+  const figureCue = el => {  // an opaque image hides a shadow: a line above the caption says it
+    const cap = el.parentElement.querySelector(':scope > figcaption');
+    return el.classList.contains('geoattn-scrolls') && !!cap && getComputedStyle(cap, '::before').content !== 'none';
+  };
+  const cue = el => el.matches('a.image-reference') ? figureCue(el)
+                                                     : getComputedStyle(el).backgroundImage.includes('gradient');
+  const text = el => el.textContent.trim().replace(/\s+/g, ' ').slice(0, 60);
+  const boxes = [...document.querySelectorAll('mjx-container[display="true"], div.cell_output table, '
+                                              + '.bd-article table, a.image-reference')];
+  return boxes.filter(wide).filter(el => !cue(el)).map(el => el.tagName.toLowerCase() + ': ' + text(el));
+}"""
+
+
+@pytest.fixture(scope="module")
+def phone_visits(browser) -> dict[str, dict]:
+    """Every page once at 390 px: its width, its figures, what scrolls without a cue."""
+    results = {}
+    for page_name in PAGES:
+        page = browser(page_name, PHONE)
+        try:
+            page.evaluate(IMAGES_JS)  # lazy images load before they are measured
+            results[page_name] = {
+                "width": page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]"),
+                "figure_boxes": page.evaluate(FIGURE_BOXES_JS),
+                "uncued": page.evaluate(SCROLLERS_JS),
+            }
+        finally:
+            page.context.close()
+    return results
+
+
 @pytest.mark.parametrize("page_name", PAGES)
-def test_the_page_never_scrolls_sideways_on_a_phone(browser, page_name):
-    page = browser(page_name, PHONE)
+def test_the_page_never_scrolls_sideways_on_a_phone(phone_visits, page_name):
+    width, inner = phone_visits[page_name]["width"]
+    assert width <= inner, f"{page_name}: at 390 px the page is {width} px wide and scrolls sideways"
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_figures_keep_their_shape_on_a_phone(phone_visits, page_name):
+    bad = _shape_errors(phone_visits[page_name]["figure_boxes"])
+    assert not bad, f"{page_name}: {bad}"
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_figure_text_is_readable_on_a_phone(phone_visits, html_dir, page_name):
+    bad = _small_text(phone_visits[page_name]["figure_boxes"], html_dir)
+    assert not bad, f"{page_name}: {bad}"
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_what_scrolls_sideways_on_a_phone_shows_it(phone_visits, page_name):
+    uncued = phone_visits[page_name]["uncued"]
+    assert not uncued, f"{page_name}: at 390 px these scroll sideways with no cue: {uncued[:5]}"
+
+
+@pytest.mark.parametrize("page_name", OTHER_PAGES)
+@pytest.mark.parametrize("mode", ["light", "dark"])
+def test_no_serious_accessibility_violations_on_the_other_pages(browser, page_name, mode):
+    page = browser(page_name, DARK if mode == "dark" else {"width": 1280, "height": 900})
     try:
-        width, inner = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
-        assert width <= inner, f"{page_name}: at 390 px the page is {width} px wide and scrolls sideways"
+        violations = _axe(page, ["color-contrast", "link-in-text-block"] if mode == "dark" else None)
     finally:
         page.context.close()
+    print(f"axe {AXE_VERSION} ({mode}) on {page_name}: " + (", ".join(
+        f"{v['id']} ({v['impact']}, {v['nodes']})" for v in violations) or "no violations"))
+    serious = [v for v in violations if v["impact"] in SERIOUS]
+    assert not serious, f"{page_name} ({mode}): serious or critical axe violations: {serious}"
+
+
+# ----------------------------------------------------------------------- dark mode
+
+# Under each figure's image: the colour its transparent pixels would show, and whether its
+# corners are transparent (matplotlib's PNGs are opaque white unless a cell says otherwise).
+DARK_JS = r"""async () => {
+  const figures = [];
+  for (const img of document.querySelectorAll('.cell_output img, figure img')) {
+    if (!img.src.includes('/_images/')) continue;
+    if (!img.complete) await new Promise(r => { img.onload = img.onerror = r; });
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const corners = [[0, 0], [c.width - 1, 0], [0, c.height - 1], [c.width - 1, c.height - 1]]
+      .map(([x, y]) => ctx.getImageData(x, y, 1, 1).data[3]);
+    figures.push({name: img.src.split('/').pop(), opaque: corners.every(a => a === 255),
+                  background: getComputedStyle(img).backgroundColor});
+  }
+  return {theme: document.documentElement.dataset.theme, figures};
+}"""
+
+
+@pytest.fixture(scope="module")
+def dark_visits(browser) -> dict[str, dict]:
+    """Every page once in dark mode (the reader's system asks for it; the theme follows)."""
+    results = {}
+    for page_name in PAGES:
+        page = browser(page_name, DARK)
+        try:
+            results[page_name] = page.evaluate(DARK_JS)
+            # Text on its background: prose, code, tables, captions, toggles.
+            results[page_name]["axe"] = _axe(page, ["color-contrast", "link-in-text-block"])
+        finally:
+            page.context.close()
+    return results
+
+
+@pytest.mark.parametrize("page_name", PAGES)
+def test_dark_mode_keeps_text_readable(dark_visits, page_name):
+    found = dark_visits[page_name]
+    assert found["theme"] == "dark", f"{page_name}: the page did not switch to dark mode ({found['theme']})"
+    print(f"axe {AXE_VERSION} (dark mode, contrast) on {page_name}: "
+          + (", ".join(f"{v['id']} ({v['impact']}, {v['nodes']})" for v in found["axe"]) or "no violations"))
+    serious = [v for v in found["axe"] if v["impact"] in SERIOUS]
+    assert not serious, f"{page_name}: in dark mode, text without enough contrast: {serious}"
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_dark_mode_figures_keep_a_light_background(dark_visits, page_name):
+    """A figure's black text and lines need a light ground: an opaque PNG brings its own,
+    a transparent one must get one from the stylesheet."""
+    for fig in dark_visits[page_name]["figures"]:
+        if fig["opaque"]:
+            continue
+        rgb = [int(x) for x in re.findall(r"\d+", fig["background"])[:3]]
+        assert len(rgb) == 3 and min(rgb) >= 200, (
+            f"{page_name}: {fig['name']} is transparent and sits on {fig['background']} in dark mode")
 
 
 @pytest.mark.parametrize("button, drawer, what", [
@@ -486,7 +771,7 @@ def test_readme_links_the_workflow_badge_and_the_pages_site():
 def test_sphinx_fix_keeps_one_copy_of_each_inline_script():
     from sphinx.builders.html._assets import _JavaScript
 
-    from geoattn._sphinx_fixes import _dedupe_scripts
+    _dedupe_scripts = BOOK_FIXES._dedupe_scripts
 
     body = 'const THEBE_JS_URL = "x"'
     scripts = [_JavaScript("a.js"), _JavaScript(None, body=body), _JavaScript("", body=body),
@@ -496,3 +781,24 @@ def test_sphinx_fix_keeps_one_copy_of_each_inline_script():
     assert context["script_files"] is scripts  # changed in place, as Sphinx restores it per page
     assert [(s.filename, s.attributes) for s in scripts] == [
         ("a.js", {}), (None, {"body": body}), ("", {"body": "const other = 1"}), ("a.js", {"defer": "defer"})]
+
+
+def test_figure_style_drops_the_height_and_keeps_the_text_readable():
+    tag = '<img alt="a" src="../_images/x.png" style="width: 600px; height: 300px;" />'
+    meta = {"geoattn:css-width": "600", "geoattn:min-text-px": "12.0"}
+    assert BOOK_FIXES.figure_style(tag, meta) == (
+        '<img alt="a" src="../_images/x.png" style="width: 600px; min-width: 450px;" />')
+    # Without the PNG's numbers (a chapter not re-executed): only the height goes.
+    assert BOOK_FIXES.figure_style(tag, {}) == '<img alt="a" src="../_images/x.png" style="width: 600px;" />'
+    # Never wider than the figure's own width.
+    assert BOOK_FIXES.min_width_px({"geoattn:css-width": "600", "geoattn:min-text-px": "6"}) == 600
+
+
+def test_the_library_is_built_without_the_book_extensions():
+    """The Sphinx extensions live in book/_ext (local_extensions), not in the package that
+    Colab installs."""
+    assert not list((ROOT / "src" / "geoattn").glob("_sphinx_*.py"))
+    local = CONFIG["sphinx"]["local_extensions"]
+    for name, folder in local.items():
+        assert (ROOT / folder / f"{name}.py").is_file(), f"{name} not in {folder}"
+    assert not any("geoattn._sphinx" in ext for ext in CONFIG["sphinx"].get("extra_extensions", []))

@@ -183,3 +183,17 @@ def test_attention_maps(small_batch):
     rows = maps[1].sum(-1)
     assert torch.allclose(rows[0], torch.ones(2, 76), atol=1e-5)
     assert (maps[1][1, :, :, 40:] == 0).all()  # padding is never attended
+
+
+def test_progress_bar_follows_geoattn_progress(small_batch, monkeypatch, capsys):
+    """Shown by default (one updating tqdm.auto bar on Colab); off where GEOATTN_PROGRESS=0,
+    which re-execution and nbval set, so that no chapter stores a bar's updates."""
+    from geoattn.devtools.reexecute import ENVIRONMENT
+
+    assert ENVIRONMENT["GEOATTN_PROGRESS"] == "0"
+    pair, single = small_batch
+    for value, shown in (("0", False), ("1", True)):
+        monkeypatch.setenv("GEOATTN_PROGRESS", value)
+        train_inverse_folding(InverseFoldingModel(16, 2, 1, 32, impl="chunked"), [pair], epochs=2,
+                              desc="bar-check")
+        assert ("bar-check" in capsys.readouterr().err) is shown, f"GEOATTN_PROGRESS={value}"

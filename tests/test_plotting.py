@@ -72,7 +72,7 @@ def test_backbone_view_is_deterministic_and_self_contained():
     assert page == again._repr_html_()
     assert 'id="v1"' in page and "<canvas" in page and "src=" not in page  # no script fetched
     assert repr(view) == ("<3-D view 'v1': Cα trace of 76 residues, 19 frames "
-                          "(x red, y green, z blue); drag to rotate>")
+                          "(x solid, y dashed, z dotted); drag to rotate>")
     with pytest.raises(ValueError, match="element_id"):
         backbone_view(bb, element_id="1 bad")
     with pytest.raises(ValueError, match="rotations"):
@@ -82,3 +82,49 @@ def test_backbone_view_is_deterministic_and_self_contained():
 def test_book_style_sizes_figures_for_the_column():
     use_book_style()
     assert plt.rcParams["figure.dpi"] == 100 and plt.rcParams["figure.figsize"][0] <= 7
+
+
+def test_book_png_raises_small_text_and_records_its_size():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geoattn.plotting import COLUMN_PX, MIN_TEXT_PX, book_png, png_text
+
+    fig, ax = plt.subplots(figsize=(9.0, 3.0), dpi=100)  # 900 px: shrunk to the column
+    ax.plot([0, 1], [0, 1], label="a legend")
+    ax.legend(fontsize=5)
+    data, meta = book_png(fig)
+    text = png_text(data)
+    width = float(text["geoattn:css-width"])
+    assert meta["width"] == int(width) and data[:8] == b"\x89PNG\r\n\x1a\n"
+    # Rendered at the column's width, the smallest text is still MIN_TEXT_PX.
+    assert float(text["geoattn:min-text-px"]) * min(1.0, COLUMN_PX / width) >= MIN_TEXT_PX - 0.3
+    assert book_png(fig) == (data, meta)  # deterministic
+    plt.close(fig)
+
+
+def test_frame_axis_colours_stay_apart_for_deuteranopes():
+    """Okabe-Ito vermillion, bluish green, blue: distinct in a deuteranopia simulation
+    (Machado et al. 2009, severity 1), by at least 40 in CIELAB."""
+    import numpy as np
+
+    from geoattn.plotting import FRAME_AXIS_COLORS
+
+    machado = np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                        [-0.011820, 0.042940, 0.968881]])
+
+    def linear(hex_color):
+        c = np.array([int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+    def lab(rgb):
+        xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ rgb
+        f = np.cbrt(xyz / np.array([0.9505, 1.0, 1.089]))
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    seen = [lab(np.clip(machado @ linear(c), 0, 1)) for c in FRAME_AXIS_COLORS]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.linalg.norm(seen[i] - seen[j]) > 40, (FRAME_AXIS_COLORS[i], FRAME_AXIS_COLORS[j])

@@ -64,7 +64,11 @@ def qkv_flow(residue: str = "Lys"):
     for y, name, weight, color, meaning in rows:
         _arrow(ax, (1.7, 2.6), (3.1, y), f"$\\times {weight}$", color=color)
         _box(ax, 3.9, y, f"${name}_{{\\mathrm{{{residue}}}}}$ (1 × 2)", color, w=2.0)
-        ax.text(3.9, y - 0.5, meaning, ha="center", va="top", fontsize=7.5, color=color)
+        # Above the top box, below the others: the arrows from x come in from the lower
+        # left, and the query's would otherwise cross its own caption.
+        above = y == rows[0][0]
+        ax.text(3.9, y + 0.45 if above else y - 0.5, meaning, ha="center", va="bottom" if above else "top",
+                fontsize=7.5, color=color)
     _box(ax, 6.9, 4.4, "$s_j = q \\cdot k_j / \\sqrt{d_k}$\nfor every key $j$", S_COLOR, w=2.4, h=0.95,
          fontsize=9)
     _arrow(ax, (4.9, 4.4), (5.7, 4.4), color=Q_COLOR)
@@ -158,13 +162,16 @@ def residue_frame(backbone, index: int = 0):
         label = f"{name} (origin)" if name == "Cα" else f"{name} ({x:.2f}, {y:.2f})"
         offset, ha = where[name]
         ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", ha=ha, va="center", fontsize=10)
-    for (dx, dy), color, name in (((1.0, 0.0), "tab:red", "$e_x$"), ((0.0, 1.0), "tab:green", "$e_y$")):
+    from .plotting import FRAME_AXIS_COLORS
+
+    x_color, y_color, z_color = FRAME_AXIS_COLORS
+    for (dx, dy), color, name in (((1.0, 0.0), x_color, "$e_x$"), ((0.0, 1.0), y_color, "$e_y$")):
         ax.annotate("", xy=(dx, dy), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": color, "lw": 2.2})
         ax.text(dx * 1.12 + 0.05 if dx else -0.1, dy * 1.05, name, color=color, fontsize=12,
                 ha="left" if dx else "right", va="center")
-    ax.scatter([0], [0], s=90, facecolor="white", edgecolor="tab:blue", lw=1.8, zorder=4)
-    ax.scatter([0], [0], s=8, color="tab:blue", zorder=5)
-    ax.text(0.12, -0.22, "$e_z$ (out of the page)", color="tab:blue", fontsize=9, ha="left", va="top")
+    ax.scatter([0], [0], s=90, facecolor="white", edgecolor=z_color, lw=1.8, zorder=4)
+    ax.scatter([0], [0], s=8, color=z_color, zorder=5)
+    ax.text(0.12, -0.22, "$e_z$ (out of the page)", color=z_color, fontsize=9, ha="left", va="top")
     res = f"{backbone.res_names[index]} {backbone.res_ids[index]}"
     if out_of_plane > 1e-3:  # Gram–Schmidt puts all three atoms in the xy plane
         raise AssertionError(f"N, Cα, C are {out_of_plane:.3g} Å off the frame's xy plane")
@@ -242,18 +249,21 @@ def key_block_tiling(length: int = 12, block: int = 4, query: int = 5):
         x = b * block + min(block, length - b * block) / 2
         ax.annotate("", xy=(x, y + 0.55), xytext=(x, length - 1 - query), arrowprops={
             "arrowstyle": "-|>", "color": colors[b % len(colors)], "lw": 1.1, "alpha": 0.8})
-        _box(ax, x, y, f"$(m, \\ell, acc)_{b}$", colors[b % len(colors)], w=min(block, length) - 0.3,
-             h=0.9, fontsize=8)
+        # Boxes a whole key apart, so the arrow that carries the state between them shows.
+        w = min(block, length) - 0.8
+        _box(ax, x, y, f"$(m, \\ell, acc)_{b}$", colors[b % len(colors)], w=w, h=0.9, fontsize=7)
         if b:
             prev = (b - 1) * block + block / 2
-            ax.annotate("", xy=(x - block / 2 + 0.1, y), xytext=(prev + block / 2 - 0.1, y),
-                        arrowprops={"arrowstyle": "-|>", "color": "0.3", "lw": 1.1})
+            ax.annotate("", xy=(x - w / 2 - 0.1, y), xytext=(prev + w / 2 + 0.1, y),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.3", "lw": 1.1, "shrinkA": 0, "shrinkB": 0})
+    # Σ as a letter with a subscript: mathtext sets \\sum's limits underneath, into the
+    # next line.
     notes = ["For each key block:",
              "$m' = \\max(m, \\max_j s_j)$",
-             "$\\ell \\leftarrow \\ell\\, e^{m - m'} + \\sum_j e^{s_j - m'}$",
-             "$acc \\leftarrow acc\\, e^{m - m'} + \\sum_j e^{s_j - m'} v_j$",
+             "$\\ell \\leftarrow \\ell\\, e^{m - m'} + \\Sigma_j\\, e^{s_j - m'}$",
+             "$acc \\leftarrow acc\\, e^{m - m'} + \\Sigma_j\\, e^{s_j - m'} v_j$",
              "", "At the end:", "$z = acc / \\ell$", "lse $= m + \\log \\ell$ (kept for",
              "the backward pass)", "", f"memory: one {block}-key block", "of scores, not L × L"]
-    ax.text(length + 0.6, length - 0.2, "\n".join(notes), ha="left", va="top", fontsize=8.5, linespacing=1.45)
+    ax.text(length + 0.6, length - 0.2, "\n".join(notes), ha="left", va="top", fontsize=8.5, linespacing=1.7)
     ax.set_title("Online softmax over key blocks", fontsize=11)
     return fig

@@ -13,6 +13,7 @@ attention no longer sees where the residues are or how they are turned.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -241,13 +242,17 @@ def _evaluate_loss(model: nn.Module, batches: Iterable[ResidueBatch]) -> float:
 
 def train_inverse_folding(model: nn.Module, train: Sequence[ResidueBatch], evaluate: Sequence[ResidueBatch] = (),
                           *, epochs: int = 30, lr: float = 3e-3, weight_decay: float = 0.01, seed: int = 0,
-                          progress: bool = True, desc: str = "training") -> dict[str, list[float]]:
+                          progress: bool | None = None, desc: str = "training") -> dict[str, list[float]]:
     """Train with AdamW on ``train`` (one step per batch, batches in a seeded random order
     each epoch; the learning rate decays to 0 along a cosine); return the loss curves
     ``{"train": [...], "evaluate": [...]}``, one value per epoch (mean cross-entropy).
 
     The curve of ``evaluate`` is only recorded, never used for a decision. ``progress``
-    shows a tqdm bar with one tick per epoch.
+    shows a bar with one tick per epoch (``tqdm.auto``: one updating widget on Colab and
+    in Jupyter with ipywidgets, a text bar in a terminal), cleared when training ends.
+    By default (``None``) it shows except where ``GEOATTN_PROGRESS=0``, which the
+    re-execution and nbval environment sets (``geoattn.devtools.reexecute``): there a
+    text bar would store each of its updates as a line of the chapter's output.
     """
     require_int("epochs", epochs, minimum=1)
     require_number("lr", lr, minimum=0.0)
@@ -260,6 +265,8 @@ def train_inverse_folding(model: nn.Module, train: Sequence[ResidueBatch], evalu
         warnings.simplefilter("ignore")
         from tqdm.auto import tqdm
 
+    if progress is None:
+        progress = os.environ.get("GEOATTN_PROGRESS", "1") != "0"
     order = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = epochs * len(train)

@@ -15,7 +15,20 @@ from collections.abc import Sequence
 import torch
 
 __all__ = ["attention_heatmap", "Table", "fmt", "plot_backbone_frames", "use_book_style", "BackboneView",
-           "backbone_view"]
+           "backbone_view", "FRAME_AXIS_COLORS", "MIN_TEXT_PX", "COLUMN_PX", "readable_text", "book_png"]
+
+# Frame axes x, y, z in Okabe and Ito's palette (vermillion, bluish green, blue): they stay
+# apart under deuteranopia and protanopia, unlike matplotlib's tab:red/tab:green. They
+# keep the red-green-blue order that readers know, and the axes are also labelled.
+FRAME_AXIS_COLORS = ("#D55E00", "#009E73", "#0072B2")
+
+# The smallest text a figure may show, in CSS pixels at the size the page renders it, and
+# the width of the book's text column at 1280 px (measured in Chromium), which a wider
+# figure is shrunk to. The book's extension (book/_ext/geoattn_book_fixes.py) keeps a
+# figure from shrinking further on a phone, and tests/test_browser.py checks both, from the
+# numbers book_png writes into each PNG.
+MIN_TEXT_PX = 9.0
+COLUMN_PX = 680
 
 # Characters of a formatted number, a vector of numbers or a range ("1–18", "96°", "< 1e-10").
 _NUMBER_CHARS = set("0123456789.,+-−eE[]() <>%×°–")
@@ -120,8 +133,9 @@ def attention_heatmap(weights, query_labels: Sequence[str], key_labels: Sequence
 
 def plot_backbone_frames(backbone, rotations=None, translations=None, *, residues=None,
                          axis_length: float = 2.0, ax=None, title: str | None = None):
-    """Draw a backbone's CA trace in 3-D with each residue's frame axes: x red, y green,
-    z blue, as arrows of ``axis_length`` Å from CA. Returns the matplotlib 3-D Axes.
+    """Draw a backbone's CA trace in 3-D with each residue's frame axes (x, y, z in
+    :data:`FRAME_AXIS_COLORS`, solid, dashed and dotted, the first frame's tips labelled),
+    as arrows of ``axis_length`` Å from CA. Returns the matplotlib 3-D Axes.
 
     ``backbone`` is a :class:`geoattn.Backbone`; the frames default to ``backbone.frames()``.
     ``residues`` (indices) limits which frames are drawn; the trace is always complete.
@@ -142,10 +156,14 @@ def plot_backbone_frames(backbone, rotations=None, translations=None, *, residue
     if ax is None:
         ax = plt.figure(figsize=(7, 7)).add_subplot(projection="3d")
     ax.plot(*ca.T.numpy(), color="0.45", lw=1.2, marker="o", ms=2.5, label="Cα trace")
-    for k, (color, name) in enumerate(zip(("tab:red", "tab:green", "tab:blue"), "xyz")):
+    for k, (color, name, style) in enumerate(zip(FRAME_AXIS_COLORS, "xyz", ("solid", "dashed", "dotted"))):
         # Column k of R is the frame's k-th axis in global coordinates.
         d = r[idx, :, k] * axis_length
-        ax.quiver(*t[idx].T.numpy(), *d.T.numpy(), color=color, lw=1.5, label=f"{name} axis")
+        ax.quiver(*t[idx].T.numpy(), *d.T.numpy(), color=color, lw=1.5, linestyles=style,
+                  label=f"{name} axis")
+        if len(idx):  # colour is not the only cue: the letter at the first frame's tip
+            tip = (t[idx[0]] + 1.25 * d[0]).tolist()
+            ax.text(*tip, name, color=color, fontweight="bold", ha="center", va="center")
     # Equal scales on the three axes, so right angles look right.
     lo, hi = ca.min(0).values, ca.max(0).values
     mid, half = ((lo + hi) / 2).tolist(), (hi - lo).max().item() / 2 + axis_length
@@ -179,10 +197,81 @@ def use_book_style() -> None:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
     except ImportError:  # plain Python: nothing to configure
         return
-    if get_ipython() is not None:
+    ip = get_ipython()
+    if ip is not None:
         # "retina": a PNG at twice the resolution, displayed at its nominal size. PNG
         # rather than SVG because nbval compares SVG text, in which round-off moves paths.
         set_matplotlib_formats("retina")
+        from matplotlib.figure import Figure
+
+        # The same PNG, with the text floor and the numbers the book's checks read.
+        ip.display_formatter.formatters["image/png"].for_type(Figure, book_png)
+
+
+def readable_text(fig, *, min_px: float = MIN_TEXT_PX, column_px: float = COLUMN_PX) -> float:
+    """Enlarge every text of ``fig`` that would render below ``min_px`` CSS pixels once the
+    figure is shrunk to the column (``column_px``); return the smallest text size, in CSS
+    pixels at the figure's own size.
+
+    A chapter may pass ``fontsize=7`` to a legend; this is the floor under such choices,
+    applied when the figure is drawn for the notebook, so a re-executed chapter is readable.
+    """
+    from matplotlib.text import Text
+
+    width_px = fig.get_size_inches()[0] * fig.dpi
+    shrink = min(1.0, column_px / width_px)
+    floor_pt = min_px / shrink * 72.0 / fig.dpi
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    for t in texts:
+        if t.get_fontsize() < floor_pt:
+            t.set_fontsize(floor_pt)
+    if not texts:
+        return float("inf")
+    return min(t.get_fontsize() for t in texts) * fig.dpi / 72.0
+
+
+def book_png(fig):
+    """The notebook's PNG of ``fig``: twice the resolution ("retina") and its nominal size
+    in the metadata, as IPython's retina format gives, with the text made readable
+    (:func:`readable_text`). The PNG carries, as text chunks, its width in CSS pixels and
+    its smallest text in CSS pixels at that width, so the built book can be checked.
+    """
+    import io
+
+    if not fig.axes and not fig.texts:
+        return None
+    min_px = readable_text(fig)
+    # bbox_inches="tight" (as IPython's inline figures) may change the width, and the
+    # width is what the reader's screen scales by: measure it on the PNG itself.
+    buf = io.BytesIO()
+    kw = dict(format="png", dpi=2 * fig.dpi, bbox_inches="tight", facecolor=fig.get_facecolor(),
+              edgecolor=fig.get_edgecolor())
+    fig.canvas.print_figure(buf, **kw)
+    width, height = _png_size(buf.getvalue())
+    css_w, css_h = width // 2, height // 2
+    meta = {"geoattn:css-width": str(css_w), "geoattn:min-text-px": f"{min_px:.2f}"}
+    buf = io.BytesIO()
+    fig.canvas.print_figure(buf, metadata=meta, **kw)
+    return buf.getvalue(), {"width": css_w, "height": css_h}
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of a PNG (what :func:`book_png` wrote), as a dict."""
+    out, pos = {}, 8
+    while pos + 8 <= len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"tEXt":
+            key, _, value = data[pos + 8:pos + 8 + n].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        if kind == b"IEND":
+            break
+        pos += 12 + n
+    return out
 
 
 class BackboneView:
@@ -202,7 +291,7 @@ class BackboneView:
 
     def __repr__(self) -> str:
         return (f"<3-D view {self.element_id!r}: Cα trace of {len(self.ca)} residues, "
-                f"{len(self.axes)} frames (x red, y green, z blue); drag to rotate>")
+                f"{len(self.axes)} frames (x solid, y dashed, z dotted); drag to rotate>")
 
     def _repr_html_(self) -> str:
         data = {"ca": self.ca, "axes": self.axes, "names": self.names, "len": self.axis_length}
@@ -242,15 +331,19 @@ def backbone_view(backbone, rotations=None, translations=None, *, residues=None,
                         axis_length=float(axis_length), title=title)
 
 
+# The legend shows each axis's colour and dash as a line beside a letter in the text
+# colour: letters in the palette's colours would fail the 4.5:1 text contrast on white.
 # The viewer: orthographic projection on a 2-D canvas, drawn back to front; dragging
 # turns the molecule about the screen's vertical (left-right) and horizontal (up-down) axes.
 _VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5em 0;">
 <canvas id="@ID@" role="img" aria-label="@TITLE@ Drag to rotate."
  style="width:100%;aspect-ratio:1/1;touch-action:none;cursor:grab;border:1px solid #8884;border-radius:4px;">
 </canvas>
-<div style="font-size:0.85em;opacity:0.8;">Drag to rotate. Cα trace in grey; frame axes
-<span style="color:#d62728">x</span>, <span style="color:#2ca02c">y</span>,
-<span style="color:#1f77b4">z</span> at every drawn residue.</div>
+<div style="font-size:0.85em;">Drag to rotate. Cα trace in grey; frame axes
+<span style="display:inline-block;width:1.6em;border-top:3px solid #D55E00;vertical-align:middle"></span> x,
+<span style="display:inline-block;width:1.6em;border-top:3px dashed #009E73;vertical-align:middle"></span> y,
+<span style="display:inline-block;width:1.6em;border-top:3px dotted #0072B2;vertical-align:middle"></span> z
+at every drawn residue.</div>
 <script type="application/json" id="@ID@-data">@DATA@</script>
 <script>
 (function () {
@@ -273,17 +366,28 @@ _VIEW_TEMPLATE = """<div class="geoattn-view" style="max-width:560px;margin:0.5e
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     const segs = [];
     for (let i = 1; i < d.ca.length; i++) segs.push([rot(d.ca[i - 1]), rot(d.ca[i]), "#888", 2.5]);
-    const colors = ["#d62728", "#2ca02c", "#1f77b4"];
+    const colors = ["#D55E00", "#009E73", "#0072B2"], dashes = [[], [4, 3], [1, 3]];
     for (const [o, ...ax] of d.axes) {
       const a = rot(o);
       ax.forEach((u, k) => segs.push([a, rot([o[0] + d.len * u[0], o[1] + d.len * u[1],
-                                              o[2] + d.len * u[2]]), colors[k], 2]));
+                                              o[2] + d.len * u[2]]), colors[k], 2, dashes[k]]));
     }
     segs.sort((p, q) => (p[0][2] + p[1][2]) - (q[0][2] + q[1][2]));
     ctx.lineCap = "round";
-    for (const [a, b, color, width] of segs) {
+    for (const [a, b, color, width, dash] of segs) {
       ctx.strokeStyle = color; ctx.lineWidth = width * dpr;
+      ctx.setLineDash((dash || []).map(x => x * dpr));
       ctx.beginPath(); ctx.moveTo(...xy(a)); ctx.lineTo(...xy(b)); ctx.stroke();
+    }
+    ctx.setLineDash([]);
+    if (d.axes.length) {  // colour is not the only cue: the first frame's tips are lettered
+      const [o, ...ax] = d.axes[0];
+      ctx.font = `bold ${12 * dpr}px sans-serif`; ctx.textAlign = "center"; ctx.textBaseline = "middle";
+      ax.forEach((u, k) => {
+        ctx.fillStyle = colors[k];
+        ctx.fillText("xyz"[k], ...xy(rot([o[0] + 1.4 * d.len * u[0], o[1] + 1.4 * d.len * u[1],
+                                           o[2] + 1.4 * d.len * u[2]])));
+      });
     }
     canvas.dataset.rendered = String(segs.length);
   }

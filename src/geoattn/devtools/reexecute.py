@@ -39,6 +39,9 @@ ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    # No progress bars in stored outputs: a text bar stores every update as a line
+    # (chapter 6 had about 30), and a widget bar's output differs from run to run.
+    "GEOATTN_PROGRESS": "0",
 }
 
 #: A second CPU code path for the portability check. Each switch was seen to change the
