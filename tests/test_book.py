@@ -171,3 +171,16 @@ for path in sys.argv[2:]:
     print(Path(path).name, "ran")
 sys.exit(1 if failed else 0)
 '''
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_image_outputs_carry_their_alt_text_for_jupyter_and_colab(chapter):
+    for i, cell in enumerate(_code_cells(_notebook(chapter))):
+        alt = cell.metadata.get("mystnb", {}).get("image", {}).get("alt")
+        images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        if not images:
+            continue
+        assert alt, f"cell {i} shows an image without alt text (mystnb.image.alt)"
+        for output in images:
+            assert output.get("metadata", {}).get("image/png", {}).get("alt") == alt, (
+                f"cell {i}: the image output lacks the cell's alt text; re-execute the chapter")

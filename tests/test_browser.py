@@ -189,6 +189,7 @@ LINKS_JS = r"""() => {
   const header = [...document.querySelectorAll('.bd-header-article a, .article-header-buttons a')];
   return {
     launch: [...new Set(header.filter(colab).map(a => a.href))],
+    kaggle: [...new Set(header.filter(a => a.href.startsWith('https://kaggle.com/')).map(a => a.href))],
     all: [...new Set([...document.querySelectorAll('a')].filter(colab).map(a => a.href))],
   };
 }"""
@@ -394,6 +395,13 @@ def test_colab_button_opens_this_chapter(visits, page_name):
     links = _result(visits, page_name)["links"]
     assert links["launch"] == [f"{COLAB}{page_name}.ipynb"], (
         f"{page_name}: the Colab launch button points at {links['launch']}")
+
+
+@pytest.mark.parametrize("page_name", CHAPTERS)
+def test_kaggle_button_opens_this_chapter(visits, page_name):
+    links = _result(visits, page_name)["links"]
+    want = f"https://kaggle.com/kernels/welcome?src=https://github.com/{REPO}/blob/{BRANCH}/{page_name}.ipynb"
+    assert links["kaggle"] == [want], f"{page_name}: the Kaggle launch button points at {links['kaggle']}"
 
 
 def test_intro_links_the_student_copies_on_colab(visits):

@@ -251,7 +251,7 @@ def key_block_tiling(length: int = 12, block: int = 4, query: int = 5):
             "arrowstyle": "-|>", "color": colors[b % len(colors)], "lw": 1.1, "alpha": 0.8})
         # Boxes a whole key apart, so the arrow that carries the state between them shows.
         w = min(block, length) - 0.8
-        _box(ax, x, y, f"$(m, \\ell, acc)_{b}$", colors[b % len(colors)], w=w, h=0.9, fontsize=7)
+        _box(ax, x, y, f"$(m, \\ell, \\mathrm{{acc}})_{b}$", colors[b % len(colors)], w=w, h=0.9, fontsize=7)
         if b:
             prev = (b - 1) * block + block / 2
             ax.annotate("", xy=(x - w / 2 - 0.1, y), xytext=(prev + w / 2 + 0.1, y),
@@ -259,10 +259,10 @@ def key_block_tiling(length: int = 12, block: int = 4, query: int = 5):
     # Σ as a letter with a subscript: mathtext sets \\sum's limits underneath, into the
     # next line.
     notes = ["For each key block:",
-             "$m' = \\max(m, \\max_j s_j)$",
-             "$\\ell \\leftarrow \\ell\\, e^{m - m'} + \\Sigma_j\\, e^{s_j - m'}$",
-             "$acc \\leftarrow acc\\, e^{m - m'} + \\Sigma_j\\, e^{s_j - m'} v_j$",
-             "", "At the end:", "$z = acc / \\ell$", "lse $= m + \\log \\ell$ (kept for",
+             "$m' = \\max(m,\\, \\mathrm{max}_j\\, S_{ij})$",
+             "$\\ell \\leftarrow \\ell\\, e^{m - m'} + \\Sigma_j\\, e^{S_{ij} - m'}$",
+             "$\\mathrm{acc} \\leftarrow \\mathrm{acc}\\, e^{m - m'} + \\Sigma_j\\, e^{S_{ij} - m'}\\, v_j$",
+             "", "At the end:", "$O_i = \\mathrm{acc} / \\ell$", "lse $= m + \\log \\ell$ (kept for",
              "the backward pass)", "", f"memory: one {block}-key block", "of scores, not L × L"]
     ax.text(length + 0.6, length - 0.2, "\n".join(notes), ha="left", va="top", fontsize=8.5, linespacing=1.7)
     ax.set_title("Online softmax over key blocks", fontsize=11)

@@ -6,7 +6,8 @@
 
 The cell installs the release that the chapter was executed with, ``geoattn @
 git+<repository.url>@v<version>`` (``_config.yml``, ``pyproject.toml``), only inside
-Colab, and keeps Colab's own torch. Where that ref cannot be fetched (a fork without the
+Colab or on Kaggle (which sets ``KAGGLE_KERNEL_RUN_TYPE``), and keeps the platform's own
+torch. Where that ref cannot be fetched (a fork without the
 tag, a release not pushed yet), it installs the default branch instead and prints a
 warning, so the chapter still runs and the reader knows that the library may differ.
 
@@ -26,11 +27,14 @@ __all__ = ["ROOT", "repository_url", "project_version", "install_cell_source", "
 ROOT = Path(__file__).resolve().parents[3]
 
 _TEMPLATE = '''\
-# On Colab only: install the release of geoattn this chapter was written for
-# (a pinned tag, so a saved copy keeps working; Colab's own torch is kept).
+# On Colab or Kaggle only: install the release of geoattn this chapter was
+# written for (a pinned tag, so a saved copy keeps working; their torch is kept).
+# Every cell runs on a CPU. A GPU is used only by chapter 5's Triton cells and
+# chapter 6's training, which then run compiled kernels instead of the CPU path.
+import os
 import sys
 
-if "google.colab" in sys.modules:
+if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
     import subprocess
     release = "git+{url}@v{version}"
     pip = [sys.executable, "-m", "pip", "install", "-q"]

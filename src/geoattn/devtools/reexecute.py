@@ -116,7 +116,26 @@ def reexecute(path: Path, *, timeout: int = 300) -> None:
     for cell in nb.cells:
         for key in _VOLATILE_CELL_METADATA:
             cell.metadata.pop(key, None)
+        copy_alt_text(cell)
     nbformat.write(nb, path)
+
+
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+def copy_alt_text(cell) -> None:
+    """Give each image output of ``cell`` the alt text of its figure metadata.
+
+    The book reads it from the cell (``mystnb.image.alt``); Jupyter, Colab and nbconvert
+    read it from the output's own metadata, so a screen reader there gets it too.
+    """
+    alt = cell.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt")
+    if not alt or cell.get("cell_type") != "code":
+        return
+    for output in cell.get("outputs", []):
+        for mime in _IMAGE_TYPES:
+            if mime in output.get("data", {}):
+                output.setdefault("metadata", {}).setdefault(mime, {})["alt"] = alt
 
 
 def describe_cell(notebook: str | Path, nbval_name: str) -> str:
