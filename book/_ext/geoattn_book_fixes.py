@@ -22,11 +22,6 @@ axe-core reports (see ``_A11Y``; the theme's two are fixed in ``book/_templates`
 It links each chapter's PDF (printed by ``geoattn.devtools.print_pdf``, attached to the
 release by ``.github/workflows/release.yml``) under the chapter's title.
 
-It numbers a cell's HTML output as a figure: myst-nb wraps only *image* outputs in the
-figure that a cell's ``mystnb.figure`` metadata describes, so a cell tagged
-``html-figure`` (chapter 3's interactive 3-D view) gets the same figure node, with its
-name and caption, and with it a number and a ``{numref}`` target.
-
 It also registers the bibliography style ``geoattn_author_year`` (named in ``_config.yml``):
 the reference lists label each entry "Vaswani et al., 2017", as the in-text citations of
 ``bibtex_reference_style: author_year`` do, instead of pybtex's "[VSP+17]".
@@ -220,24 +215,6 @@ def _pdf_link(app, pagename, templatename, context, doctree):
     context["body"] = body[:end + 5] + "\n" + link + body[end + 5:]
 
 
-def _html_figures(app, doctree):
-    from docutils import nodes
-
-    for cell in list(doctree.findall(nodes.container)):
-        meta = cell.get("cell_metadata") or {}
-        if cell.get("nb_element") != "cell_code" or "html-figure" not in meta.get("tags", []):
-            continue
-        options = meta.get("mystnb", {}).get("figure", {})
-        if not options.get("caption") or not options.get("name"):
-            raise ValueError(f"{cell.source}: a cell tagged html-figure needs mystnb.figure's name and caption")
-        figure = nodes.figure(classes=["geoattn-html-figure"])
-        figure["names"].append(nodes.fully_normalize_name(options["name"]))
-        doctree.note_explicit_target(figure, figure)
-        cell.replace_self(figure)
-        figure += cell
-        figure += nodes.caption(options["caption"], options["caption"])
-
-
 def kaggle_url(repository: str, branch: str, path: str) -> str:
     """Kaggle's "open a notebook from GitHub" address for ``path`` in ``repository``."""
     return f"https://kaggle.com/kernels/welcome?src={repository.rstrip('/')}/blob/{branch}/{path}"
@@ -263,8 +240,6 @@ def _kaggle_button(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
-    # doctree-read: before Sphinx numbers the figures of all documents
-    app.connect("doctree-read", _html_figures)
     app.connect("html-page-context", _dedupe_scripts)
     app.connect("html-page-context", _figure_styles)
     app.connect("html-page-context", _pdf_link)
