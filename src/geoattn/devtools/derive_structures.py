@@ -265,6 +265,14 @@ def derive(source_dirs, out_path, *, test_entries=TEST_ENTRIES, valid_entries=VA
     fam = families([probe, *chains], redundant=REDUNDANT_IDENTITY)
     ubq_family, fam = fam[0], fam[1:]
     keep = [i for i, f in enumerate(fam) if f >= 0 and f != ubq_family]
+    from biotite.sequence import ProteinSequence
+    from biotite.sequence.align import SubstitutionMatrix
+
+    matrix, ubq_seq = SubstitutionMatrix.std_protein_matrix(), ProteinSequence(ubq.sequence)
+    for i, f in enumerate(fam):
+        if f < 0 and _similarity(ProteinSequence(chains[i]["sequence"].replace("X", "")), ubq_seq,
+                                 matrix)[1] >= REDUNDANT_IDENTITY:
+            fam[i] = ubq_family  # a copy of ubiquitin is reported as what it is
     for i, f in enumerate(fam):
         if f < 0:
             log(f"drop {chains[i]['entry']} chain {chains[i]['chain']}: redundant (>= "
