@@ -44,21 +44,20 @@ MAX_BYTES = 30_000_000
 
 def _metadata(names_and_reader) -> dict:
     """Name, version and licence from an archive's PKG-INFO or METADATA."""
+    from email.parser import HeaderParser
+
     for name, read in names_and_reader:
         if name.endswith(("PKG-INFO", "METADATA")) and name.count("/") <= 1:
-            text = read().decode("utf-8", "replace")
-            fields = {}
-            for line in text.splitlines():
-                if not line.strip():
-                    break
-                key, _, value = line.partition(": ")
-                if key in ("Name", "Version", "License", "License-Expression") and key not in fields:
-                    fields[key] = value.strip()
-                if key == "Classifier" and value.startswith("License ::") and "Classifier" not in fields:
-                    fields["Classifier"] = value.split("::")[-1].strip()
-            licence = fields.get("License-Expression") or fields.get("Classifier") or fields.get("License", "")
-            return {"package": fields.get("Name"), "version": fields.get("Version"),
-                    "package_licence": licence.splitlines()[0][:80]}
+            # the headers parse as e-mail headers: a long License text continues on
+            # indented lines, some of them blank
+            msg = HeaderParser().parsestr(read().decode("utf-8", "replace"))
+            classifiers = [c.split("::")[-1].strip() for c in msg.get_all("Classifier") or []
+                           if c.startswith("License ::")]
+            licence = msg.get("License-Expression") or (classifiers[0] if classifiers else "")
+            if not licence:
+                text = (msg.get("License") or "").strip()
+                licence = text.splitlines()[0] if text else ""
+            return {"package": msg.get("Name"), "version": msg.get("Version"), "package_licence": licence[:80]}
     return {"package": None, "version": None, "package_licence": None}
 
 
