@@ -77,12 +77,28 @@ def load_structures(split: str | None = None) -> list[Chain]:
         data = np.load(path)
         arrays = {k: data[k] for k in data.files}
     starts = np.concatenate([[0], np.cumsum(arrays["length"])])
+    all_coords = _stored_coords(arrays)
     chains = []
     for i, (entry, chain, seq, fam, sp) in enumerate(zip(arrays["entry"], arrays["chain"], arrays["sequence"],
                                                          arrays["family"], arrays["split"])):
-        coords = torch.from_numpy(arrays["coords"][starts[i]:starts[i + 1]].copy())
+        coords = torch.from_numpy(all_coords[starts[i]:starts[i + 1]].copy())
         chains.append(Chain(str(entry), str(chain), str(seq), coords, int(fam), str(sp)))
     return [c for c in chains if split is None or c.split == split]
+
+
+def _stored_coords(arrays: dict) -> np.ndarray:
+    """The file's coordinates as (N_res, 3, 3) float32 Å: float32 as stored, or decoded from
+    the compact 0.01 Å differences (``coords_q``) that ``derive_structures`` writes."""
+    if "coords" in arrays:
+        return arrays["coords"]
+    delta = arrays["coords_q"].astype(np.int64).reshape(-1, 3, 3)
+    out = np.empty(delta.shape, dtype=np.float32)
+    start = 0
+    for n in arrays["length"].tolist():
+        atoms = delta[start:start + n].reshape(-1, 3).cumsum(0)  # each chain restarts absolute
+        out[start:start + n] = (atoms / 100).reshape(-1, 3, 3)
+        start += n
+    return out
 
 
 @dataclass(frozen=True, eq=False)
