@@ -208,3 +208,28 @@ def test_layer_update_reports_a_wrong_shape_and_leaves_the_random_state_alone():
     result = checks.check_layer_update(lambda *a: torch.zeros(3))
     assert not result and "shape" in result.message
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+# ------------------------------------------------- chapter 4: the two kernels at step 0
+
+def _kernels_answer(d):
+    c_ipa = math.sqrt(1 / 3) * math.sqrt(2 / 36) / 2 * 4
+    return torch.exp(-math.log(2) / math.sqrt(3) * d), torch.exp(-c_ipa * (d / 10) ** 2)
+
+
+def test_kernel_weights_passes_a_correct_answer():
+    assert checks.check_kernel_weights(_kernels_answer)
+
+
+@pytest.mark.parametrize("slip, hint", [
+    (lambda d: (_kernels_answer(d)[0], _kernels_answer(10 * d)[1]), "units of 10 Å"),
+    (lambda d: (_kernels_answer(d * d)[0], _kernels_answer(d)[1]), "plain norm"),
+    (lambda d: (_kernels_answer(math.sqrt(3) * d)[0], _kernels_answer(d)[1]), "divided by √3"),
+    (lambda d: (_kernels_answer(d / math.log(2))[0], _kernels_answer(d)[1]), "ln 2"),
+    (lambda d: (_kernels_answer(d)[0], _kernels_answer(d / 2)[1]), "N_qp = 4"),
+    (lambda d: (_kernels_answer(d)[0], _kernels_answer(d * 3 ** 0.25)[1]), "w_L"),
+])
+def test_kernel_weights_names_each_known_slip(slip, hint):
+    result = checks.check_kernel_weights(slip)
+    assert not result
+    assert hint in repr(result), repr(result)

@@ -23,7 +23,7 @@ from ...structure import ubiquitin
 from ._harness import Case, CheckResult, run_check
 from ._harness import seeded_randn as _randn
 
-__all__ = ["check_distance_term", "check_layer_update"]
+__all__ = ["check_distance_term", "check_layer_update", "check_kernel_weights"]
 
 
 def _scores(q_rot, k_rot, q_dist, k_dist, w_r, w_d) -> Tensor:
@@ -207,3 +207,44 @@ def check_layer_update(fn: Callable[..., Tensor]) -> CheckResult:
     cases = _update_cases()
     wrong = [(_slipped_update(slip), hint) for slip, hint in _UPDATE_SLIPS]
     return run_check("layer_update", fn, cases, wrong)
+
+
+# ------------------------------------------------- the two distance kernels at step 0
+
+_LN2, _SQRT3 = math.log(2.0), math.sqrt(3.0)
+# IPA at its start: gamma = 1, w_L = sqrt(1/3), w_C = sqrt(2 / (9 N_qp)), N_qp = 4 points
+_IPA_C = math.sqrt(1 / 3) * math.sqrt(2 / 36) / 2 * 4
+
+
+def _kernels(d: Tensor, *, esm_c=_LN2 / _SQRT3, esm_power=1, ipa_c=_IPA_C, ipa_unit=10.0):
+    """(ESM3's, IPA's) weight of a key at distance d (Å) relative to one at distance 0."""
+    return torch.exp(-esm_c * d ** esm_power), torch.exp(-ipa_c * (d / ipa_unit) ** 2)
+
+
+def check_kernel_weights(fn: Callable[[Tensor], tuple[Tensor, Tensor]]) -> CheckResult:
+    """Check ``fn(d)``: distances (Å) -> (ESM3's weight, IPA's weight), each relative to a key
+    at distance 0, both at their initial weights (chapter 4's "Why ESM3 made these choices")."""
+    inputs = [
+        (torch.tensor([0.0, 4.0, 8.0, 15.0, 30.0], dtype=torch.float64), "d = 0, 4, 8, 15, 30 Å",
+         "ESM3: exp(−w_d·d/√3) with w_d = softplus(0) = ln 2; IPA: exp(−w_L·γ·w_C/2 · Σ_p d²)."),
+        (torch.linspace(0.0, 50.0, 11, dtype=torch.float64), "eleven distances up to 50 Å",
+         "both kernels are 1 at d = 0 and fall with d."),
+        (torch.tensor([[1.0, 2.0], [3.0, 12.0]], dtype=torch.float64), "a (2, 2) tensor of distances",
+         "work elementwise, for any shape."),
+    ]
+    cases = [Case(label, (d,), _kernels(d), hint, atol=1e-12, rtol=1e-9) for d, label, hint in inputs]
+    wrong = [
+        (lambda d: _kernels(d, ipa_unit=1.0),
+         "IPA's distances are in AlphaFold2's units of 10 Å (OpenFold's trans_scale_factor): divide d by 10."),
+        (lambda d: _kernels(d, esm_power=2),
+         "ESM3's distance term is the plain norm, not the square (ESM's docstring says ‖·‖², its code does not)."),
+        (lambda d: _kernels(d, esm_c=_LN2),
+         "the distance term is divided by √3, as the rotation term is."),
+        (lambda d: _kernels(d, esm_c=1 / _SQRT3),
+         "the initial weight is softplus(0) = ln 2, not 1."),
+        (lambda d: _kernels(d, ipa_c=_IPA_C / 4),
+         "IPA sums the squared distances of its N_qp = 4 query and key points (all at distance d here)."),
+        (lambda d: _kernels(d, ipa_c=_IPA_C / math.sqrt(1 / 3)),
+         "IPA multiplies the whole score, the point term included, by w_L = √(1/3)."),
+    ]
+    return run_check("kernel_weights", fn, cases, wrong)
