@@ -1,7 +1,7 @@
 """The input contract of geometric attention, checked once per call.
 
 Every implementation (``naive`` in :mod:`geoattn.geometric`, ``chunked`` in
-:mod:`geoattn.chunked`, ``triton`` in :mod:`geoattn.triton_kernels`) imports this module,
+:mod:`geoattn.chunked`, ``triton`` in :mod:`geoattn.kernels.launch`) imports this module,
 and none imports another, so imports only go down. The dispatcher
 :func:`geoattn.geometric_attention` calls :func:`check_geometric_inputs` once and then the
 chosen implementation's unchecked core.

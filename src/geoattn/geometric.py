@@ -170,7 +170,7 @@ def _implementation(impl: str):
         from .chunked import chunked_core
 
         return chunked_core
-    from .triton_kernels import triton_core  # imports Triton: only when asked for
+    from .kernels.launch import triton_core  # imports Triton: only when asked for
 
     return triton_core
 

@@ -60,16 +60,16 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .contract import check_block_size, check_geometric_inputs, compute_dtype
-from .distances import key_centre
-from .kernels import triton  # the package's import explains a missing triton
-from .kernels.common import LOG2E
-from .kernels.configs import EXPLICIT_WARPS, GPU_PAD, GPU_SHAPES, NUM_STAGES, SMALL_MAX_L, SMALL_SHAPES
-from .kernels.offline import KERNELS, compile_signatures
-from .kernels.small import _small_bwd_kernel, _small_fwd_kernel
-from .kernels.streaming import _bwd_dkdv_kernel, _bwd_dq_kernel, _fwd_kernel
-from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
-from .online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_result
+from ..contract import check_block_size, check_geometric_inputs, compute_dtype
+from ..distances import key_centre
+from ..masking import finite_geometric_inputs, nan_where, zero_masked_keys
+from ..online_softmax import OnlineSoftmaxState, online_softmax_merge, online_softmax_result
+from . import triton  # the package's import explains a missing triton
+from .common import LOG2E
+from .configs import EXPLICIT_WARPS, GPU_PAD, GPU_SHAPES, NUM_STAGES, SMALL_MAX_L, SMALL_SHAPES
+from .offline import KERNELS, compile_signatures
+from .small import _small_bwd_kernel, _small_fwd_kernel
+from .streaming import _bwd_dkdv_kernel, _bwd_dq_kernel, _fwd_kernel
 
 __all__ = ["triton_geometric_attention", "triton_core", "KERNELS", "GPU_SHAPES", "compile_signatures",
            "INTERPRETED", "key_splits", "autotune_key", "prune_configs", "TUNE_MAX_L"]
