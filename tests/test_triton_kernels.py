@@ -463,3 +463,10 @@ def test_gpu_low_precision(dtype):
     tol = 3e-3 if dtype == torch.float16 else 2e-2
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
 
+
+def test_the_old_module_name_is_the_launch_module():
+    """geoattn.triton_kernels stays importable for one release, as the same module object,
+    so code that patches its private names patches what runs."""
+    import geoattn.triton_kernels as old
+
+    assert old is triton_kernels
