@@ -22,6 +22,14 @@ Two rewrites make a tile cheap: both weights are folded into the vectors once pe
 (:math:`\tfrac{w_d}{\sqrt3}\lVert q - k\rVert = \lVert \tfrac{w_d}{\sqrt3}q - \tfrac{w_d}{\sqrt3}k\rVert`
 for :math:`w_d \ge 0`), and the tile's scores are built and exponentiated in place.
 
+**Fused forward.** Each operator of the tile loop still writes its (R, n) tile to memory.
+For long sequences on a CPU (``L >= FUSED_MIN_LENGTH``, ``block_size`` left to the
+implementation) the forward instead runs :func:`_fused_rows` compiled by ``torch.compile``
+(once per variant, dynamic shapes): the same math written pointwise, which Inductor turns
+into one C++ loop nest that makes each pair's score, its exponential and its share of
+P·V (ℓ as a column of ones in V) in registers. Memory stays O(L); the backward is the
+same. Should compiling fail, the tile loop runs instead.
+
 **Backward.** The forward saves only the inputs, ``out`` and ``lse`` (O(L) each). The
 backward recomputes each block's scores and gets the probabilities back without any
 normalisation pass, :math:`P_{ij} = e^{S_{ij} - \mathrm{lse}_i}`; then, as in FlashAttention,
@@ -44,12 +52,14 @@ two matrix products instead of an (L, n, 3) tensor of differences.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .chains import chain_ranks
 from .contract import check_block_size, check_geometric_inputs, compute_dtype
 from .distances import finite_or_nan, key_centre
 from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
@@ -195,6 +205,99 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     return out.reshape(b, h, length, 3), lse.reshape(b, h, length)
 
 
+#: Sequences at least this long run the fused path (:func:`_fused_forward`) when the
+#: caller leaves ``block_size`` to the implementation: below it the tile loop is fast enough
+#: and a first call compiles nothing (torch.compile takes seconds, once per variant).
+FUSED_MIN_LENGTH = 1024
+
+
+def _fused_rows(a, qd, kr_t, kd_t, v_t, groups, seq):
+    """The forward for every query row at once, written pointwise so that Inductor fuses
+    the scores, the softmax and P·V into loops over the keys: no (L, L) buffer exists.
+
+    ``a, qd``: (B, H, L, 3), already weighted; ``kr_t, kd_t``: (B, H, 3, L), ``v_t``:
+    (B, H, d_v + 1, L), v and a row of ones, key-major so that the inner loop reads
+    contiguous planes. ``groups``: None, or (query, key) float planes (B, L): a pair is
+    kept where they are equal; ``seq``: None or (B, L) floats, +1 where equal.
+    """
+    def q(t, c):  # (B, H, L, 1)
+        return t[..., c, None]
+
+    def k(t, c):  # (B, H, 1, L)
+        return t[:, :, None, c]
+
+    rot = q(a, 0) * k(kr_t, 0) + q(a, 1) * k(kr_t, 1) + q(a, 2) * k(kr_t, 2)
+    d2 = sum((q(qd, c) - k(kd_t, c)) ** 2 for c in range(3))
+    s = rot - torch.sqrt(d2)
+    if seq is not None:
+        s = s + (seq[:, None, :, None] == seq[:, None, None, :])
+    if groups is not None:
+        same = groups[0][:, None, :, None] == groups[1][:, None, None, :]
+        s = torch.where(same, s, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(m), m, 0.0)
+    p = torch.exp(s - shift)
+    # one reduction per row of v_t, whose last row is ones: ℓ is one more column of P·V.
+    # (A separate p.sum() got a loop of its own, and P was stored to feed it.)
+    sums = torch.stack([(p * k(v_t, c)).sum(dim=-1) for c in range(v_t.shape[2])], dim=-1)
+    acc, l = sums[..., :-1], sums[..., -1]
+    has_key = l > 0
+    safe = torch.where(has_key, l, 1.0)
+    lse = torch.where(has_key, shift[..., 0] + torch.log(safe), float("inf"))
+    return acc / safe[..., None], lse
+
+
+_FUSED = {"fn": None, "failed": False}
+
+
+def _compiled_rows():
+    """:func:`_fused_rows` through ``torch.compile`` (dynamic shapes: one compilation per
+    variant, not per L), or None where compiling failed once (no C++ compiler, say)."""
+    if _FUSED["fn"] is None and not _FUSED["failed"]:
+        # Inductor stores any pointwise value with more than 4 reads that has two users
+        # (the scores feed the max and the exponentials): an (L, L) buffer. Higher limits
+        # keep every pair's score in registers.
+        _FUSED["fn"] = torch.compile(_fused_rows, dynamic=True, fullgraph=True,
+                                     options={"realize_reads_threshold": 64,
+                                              "realize_cpu_opcount_threshold": 1000,
+                                              "realize_cpu_acc_reads_threshold": 64})
+    return _FUSED["fn"]
+
+
+def _use_fused(qd, kd, length, block_size) -> bool:
+    return (block_size is None and length >= FUSED_MIN_LENGTH and qd.device.type == "cpu"
+            and not _FUSED["failed"] and not _may_overflow(qd, kd))
+
+
+def _float_pairs(pairs, b, length):
+    """(groups, seq) for :func:`_fused_rows`: the pair masks as one float compare per
+    pair (vectorized, where bools and int64 ids were not), from ranks exact in fp32."""
+    key_mask, sequence_id, chain_id = pairs
+    groups = None
+    if key_mask is not None or chain_id is not None:
+        g = (torch.zeros((b, length), device=key_mask.device) if chain_id is None
+             else chain_ranks(chain_id).to(torch.float32))
+        # a masked key is in group -1, which no query is in
+        groups = (g, g if key_mask is None else torch.where(key_mask, g, -1.0))
+    seq = None if sequence_id is None else chain_ranks(sequence_id).to(torch.float32)
+    return groups, seq
+
+
+def _fused_forward(qr, kr, qd, kd, v, w_r, w_d, pairs):
+    """:func:`_forward` in one compiled call; same inputs and outputs, no ``block_size``."""
+    a, qd, kd = qr * w_r, qd * w_d, kd * w_d
+    ones = v.new_ones(v.shape[:-1] + (1,))
+    planes = (t.transpose(-1, -2).contiguous() for t in (kr, kd, torch.cat([v, ones], -1)))
+    args = (a.contiguous(), qd.contiguous(), *planes, *_float_pairs(pairs, qr.shape[0], qr.shape[2]))
+    try:
+        return _compiled_rows()(*args)
+    except Exception as err:  # a machine that cannot compile still runs the exact tile loop
+        _FUSED["failed"] = True
+        warnings.warn(f"geoattn.chunked: torch.compile failed ({type(err).__name__}: {err}); "
+                      "using the eager tile loop", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
               block_size):
     """FlashAttention's backward, one key block at a time."""
@@ -244,7 +347,10 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
-        out, lse = _forward(qr, kr, qd, kd, vv, w_r, w_d, pairs, block_size)
+        fused = None
+        if _use_fused(qd, kd, qr.shape[2], block_size):
+            fused = _fused_forward(qr, kr, qd, kd, vv, w_r, w_d, pairs)
+        out, lse = fused or _forward(qr, kr, qd, kd, vv, w_r, w_d, pairs, block_size)
         ctx.save_for_backward(qr, kr, qd, kd, vv, w_r, w_d, out, lse, *(t for t in pairs if t is not None))
         ctx.present = tuple(t is not None for t in pairs)
         ctx.block_size = block_size
