@@ -60,7 +60,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .chains import chain_ranks
-from .contract import check_block_size, check_geometric_inputs, compute_dtype
+from .contract import check_block_size, check_geometric_inputs, compute_dtype, values_back, values_heads_first
 from .distances import finite_or_nan, key_centre
 from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 from .online_softmax import OnlineSoftmaxState, online_softmax_init, online_softmax_result
@@ -165,7 +165,7 @@ def _may_overflow(qd: Tensor, kd: Tensor) -> bool:
 
 
 def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
-    """Online softmax over (query, key) tiles; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L).
+    """Online softmax over (query, key) tiles; returns ``out`` (B, H, L, 3m) and ``lse`` (B, H, L).
 
     Both weights are folded into the vectors before the loop: w_r/√3 into q_r, and w_d/√3
     into both point sets, since ‖w q − w k‖ = w ‖q − k‖ for w ≥ 0. A tile's scores are then
@@ -173,15 +173,17 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     """
     b, h, length, _ = qr.shape
     folded = (qr * w_r, kr, qd * w_d, kd * w_d, v)
-    a, kr, qd, kd, v = (t.reshape(b * h, length, 3) for t in folded)
+    # v: (B, H, L, 3m), a head's m value vectors side by side
+    a, kr, qd, kd, v = (t.reshape(b * h, length, t.shape[-1]) for t in folded)
     kr_t = kr.transpose(1, 2).contiguous()
     guard = _may_overflow(qd, kd)
     rows, keys = tile_sizes(b * h, length, block_size)
     out, lse = torch.empty_like(v), v.new_empty(b * h, length)
     for i0 in range(0, length, rows):
         qi = slice(i0, i0 + rows)
-        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]), 3,
-                                        dtype=v.dtype, device=v.device)
+        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]),
+                                        v.shape[-1], dtype=v.dtype,
+                                        device=v.device)
         for j0 in range(0, length, keys):
             kj = slice(j0, j0 + keys)
             # line 8, weighted: w_d/√3 · ‖q_d − k_d‖
@@ -202,7 +204,7 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
         out[:, qi], lse[:, qi] = online_softmax_result(state)
     # A row with no key: out = 0, and lse = +inf makes the backward's
     # exp(S - lse) exactly 0.
-    return out.reshape(b, h, length, 3), lse.reshape(b, h, length)
+    return out.reshape(b, h, length, v.shape[-1]), lse.reshape(b, h, length)
 
 
 #: Sequences at least this long run the fused path (:func:`_fused_forward`) when the
@@ -341,7 +343,9 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
     def forward(ctx, q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs, block_size):
         compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
-        qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
+        qr, kr, qd, kd = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))
+        # (B, L, H·m, 3) -> (B, H, L, 3m): each head's map is made once for its m values
+        vv = values_heads_first(v.detach().to(compute), q_rot.shape[2])
         # one centre per chain (see geoattn.distances)
         centre = key_centre(kd, pairs.key_mask, pairs.chain_id)
         qd, kd = qd - centre, kd - centre
@@ -355,7 +359,7 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         ctx.present = tuple(t is not None for t in pairs)
         ctx.block_size = block_size
         ctx.dtypes = tuple(t.dtype for t in (q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight))
-        return out.transpose(1, 2).to(v.dtype)
+        return values_back(out).to(v.dtype)
 
     @staticmethod
     @once_differentiable
@@ -363,9 +367,9 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         qr, kr, qd, kd, vv, w_r, w_d, out, lse, *given = ctx.saved_tensors
         given = iter(given)
         pairs = _Pairs(*(next(given) if present else None for present in ctx.present))
-        d_out = grad_out.to(out.dtype).transpose(1, 2)
+        d_out = values_heads_first(grad_out.to(out.dtype), qr.shape[1])
         grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size or DEFAULT_BLOCK_SIZE)
-        vectors = tuple(g.transpose(1, 2) for g in grads[:5])  # back to (B, L, H, 3)
+        vectors = (*(g.transpose(1, 2) for g in grads[:4]), values_back(grads[4]))  # back to (B, L, H, 3)
         grads = (*vectors, *grads[5:])
         grads = tuple(g.to(dt) if need else None
                       for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad))

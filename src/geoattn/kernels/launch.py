@@ -390,9 +390,14 @@ def triton_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_ma
     of ``contract.TRITON_BLOCK_SIZES``) fixes BLOCK_Q = BLOCK_K and skips autotuning and
     the short-sequence kernels. ``sequence_id`` and ``chain_id`` are compared per pair
     inside the kernels. Math in fp32; the output has ``v``'s dtype (fp64 inputs are
-    computed in fp32). Differentiable in all seven tensor inputs.
+    computed in fp32). Differentiable in all seven tensor inputs. With m > 1 values per
+    head (``v`` (B, L, H·m, 3)) q and k are repeated m times: the kernels take 3 values.
     """
     _check_device(q_rot)
+    m = v.shape[2] // max(1, q_rot.shape[2])
+    if m > 1:  # m values per head: the kernels load 3 value planes, so each map is made m times
+        q_rot, k_rot, q_dist, k_dist = (t.repeat_interleave(m, dim=2) for t in (q_rot, k_rot, q_dist, k_dist))
+        rot_weight, dist_weight = rot_weight.repeat_interleave(m), dist_weight.repeat_interleave(m)
     return _attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                       block_size)
 
