@@ -281,7 +281,7 @@ def test_a_failed_compilation_falls_back_to_the_tile_loop_once(fused_from_length
     def broken(*args):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(chunked, "_compiled_rows", lambda: broken)
+    monkeypatch.setattr(chunked, "_compiled", lambda name: broken)
     inputs = make_inputs(2, 1, 9, 2, spread=1.0)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         out = geoattn.geometric_attention(*inputs, impl="chunked")

@@ -27,8 +27,10 @@ For long sequences on a CPU (``L >= FUSED_MIN_LENGTH``, ``block_size`` left to t
 implementation) the forward instead runs :func:`_fused_rows` compiled by ``torch.compile``
 (once per variant, dynamic shapes): the same math written pointwise, which Inductor turns
 into one C++ loop nest that makes each pair's score, its exponential and its share of
-P·V (ℓ as a column of ones in V) in registers. Memory stays O(L); the backward is the
-same. Should compiling fail, the tile loop runs instead.
+P·V (ℓ as a column of ones in V) in registers. The backward does the same in two passes
+(:func:`_fused_dq` reduces over the keys, :func:`_fused_dkdv` over the queries), with
+:math:`\sum_{ij} dS_{ij}\, q^r_i\cdot k^r_j = \sum_i q^r_i \cdot (dS\,k^r)_i` for ∂/∂w_r. Memory stays
+O(L). Should compiling fail, the tile loops run instead.
 
 **Backward.** The forward saves only the inputs, ``out`` and ``lse`` (O(L) each). The
 backward recomputes each block's scores and gets the probabilities back without any
@@ -249,21 +251,28 @@ def _fused_rows(a, qd, kr_t, kd_t, v_t, groups, seq):
     return acc / safe[..., None], lse
 
 
-_FUSED = {"fn": None, "failed": False}
+_FUSED = {"failed": False}
 
 
-def _compiled_rows():
-    """:func:`_fused_rows` through ``torch.compile`` (dynamic shapes: one compilation per
-    variant, not per L), or None where compiling failed once (no C++ compiler, say)."""
-    if _FUSED["fn"] is None and not _FUSED["failed"]:
-        # Inductor stores any pointwise value with more than 4 reads that has two users
-        # (the scores feed the max and the exponentials): an (L, L) buffer. Higher limits
-        # keep every pair's score in registers.
-        _FUSED["fn"] = torch.compile(_fused_rows, dynamic=True, fullgraph=True,
+def _compiled(name: str):
+    """``_fused_rows`` ("rows"), ``_fused_dq`` or ``_fused_dkdv`` through ``torch.compile``
+    (dynamic shapes: one compilation per variant, not per L)."""
+    if name not in _FUSED:
+        fn = {"rows": _fused_rows, "dq": _fused_dq, "dkdv": _fused_dkdv}[name]
+        # Inductor stores a pointwise value with more than 4 reads that has two users (the
+        # scores feed the max and the exponentials): an (L, L) buffer. Higher limits keep
+        # each pair's terms in registers.
+        _FUSED[name] = torch.compile(fn, dynamic=True, fullgraph=True,
                                      options={"realize_reads_threshold": 64,
                                               "realize_cpu_opcount_threshold": 1000,
                                               "realize_cpu_acc_reads_threshold": 64})
-    return _FUSED["fn"]
+    return _FUSED[name]
+
+
+def _compile_failed(err: Exception) -> None:
+    _FUSED["failed"] = True
+    warnings.warn(f"geoattn.chunked: torch.compile failed ({type(err).__name__}: {err}); "
+                  "using the eager tile loop", RuntimeWarning, stacklevel=3)
 
 
 def _use_fused(qd, kd, length, block_size) -> bool:
@@ -292,12 +301,98 @@ def _fused_forward(qr, kr, qd, kd, v, w_r, w_d, pairs):
     planes = (t.transpose(-1, -2).contiguous() for t in (kr, kd, torch.cat([v, ones], -1)))
     args = (a.contiguous(), qd.contiguous(), *planes, *_float_pairs(pairs, qr.shape[0], qr.shape[2]))
     try:
-        return _compiled_rows()(*args)
+        return _compiled("rows")(*args)
     except Exception as err:  # a machine that cannot compile still runs the exact tile loop
-        _FUSED["failed"] = True
-        warnings.warn(f"geoattn.chunked: torch.compile failed ({type(err).__name__}: {err}); "
-                      "using the eager tile loop", RuntimeWarning, stacklevel=2)
+        _compile_failed(err)
         return None
+
+
+def _pair_terms(rot, dist, w_r, w_d, lse, dp, delta, seq, same):
+    """Per pair, from its two terms: P = e^{S − lse}, dS = P ∘ (dP − Δ), and the distance
+    term's G = w_d dS / d (0 at d = 0), for :func:`_fused_dq` and :func:`_fused_dkdv`."""
+    s = w_r * rot - w_d * dist
+    if seq is not None:
+        s = s + seq
+    if same is not None:
+        s = torch.where(same, s, float("-inf"))
+    p = torch.exp(s - lse)
+    ds = p * (dp - delta)
+    g = torch.where(dist > 0, w_d * ds / dist, 0.0)
+    return p, ds, g
+
+
+def _fused_dq(qr, qd, d_o, lse, delta, kr_t, kd_t, v_t, w_r, w_d, groups, seq):
+    """dq_r, dq_d and each row's shares of dw_r, dw_d: reductions over the keys, for every
+    query row at once (queries on dim −2, keys on dim −1, as in :func:`_fused_rows`).
+    ``d_o``: (B, H, L, d_v); ``lse, delta``: (B, H, L, 1); weights (1, H, 1, 1)."""
+    def q(t, c):
+        return t[..., c, None]
+
+    def k(t, c):
+        return t[:, :, None, c]
+
+    rot = sum(q(qr, c) * k(kr_t, c) for c in range(3))
+    dist = torch.sqrt(sum((q(qd, c) - k(kd_t, c)) ** 2 for c in range(3)))
+    dp = sum(q(d_o, c) * k(v_t, c) for c in range(v_t.shape[2]))
+    seq = None if seq is None else (seq[:, None, :, None] == seq[:, None, None, :])
+    same = None if groups is None else groups[0][:, None, :, None] == groups[1][:, None, None, :]
+    _, ds, g = _pair_terms(rot, dist, w_r, w_d, lse, dp, delta, seq, same)
+    sums = [(ds * k(kr_t, c)).sum(-1) for c in range(3)]
+    sums += [(g * k(kd_t, c)).sum(-1) for c in range(3)]
+    sums += [g.sum(-1), (ds * dist).sum(-1)]
+    return torch.stack(sums, dim=-1)
+
+
+def _fused_dkdv(kr, kd, v, qr_t, qd_t, do_t, lse_t, delta_t, w_r, w_d, groups, seq):
+    """dv, dk_r, dk_d: reductions over the queries, for every key at once (keys on dim
+    −2, queries on dim −1): :func:`_fused_dq` transposed."""
+    def k(t, c):
+        return t[..., c, None]
+
+    def q(t, c):
+        return t[:, :, None, c]
+
+    rot = sum(q(qr_t, c) * k(kr, c) for c in range(3))
+    dist = torch.sqrt(sum((q(qd_t, c) - k(kd, c)) ** 2 for c in range(3)))
+    dp = sum(q(do_t, c) * k(v, c) for c in range(v.shape[-1]))
+    seq = None if seq is None else (seq[:, None, None, :] == seq[:, None, :, None])
+    same = None if groups is None else groups[0][:, None, None, :] == groups[1][:, None, :, None]
+    p, ds, g = _pair_terms(rot, dist, w_r, w_d, lse_t, dp, delta_t, seq, same)
+    sums = [(p * q(do_t, c)).sum(-1) for c in range(do_t.shape[2])]
+    sums += [(ds * q(qr_t, c)).sum(-1) for c in range(3)]
+    sums += [(g * q(qd_t, c)).sum(-1) for c in range(3)]
+    sums += [g.sum(-1)]
+    return torch.stack(sums, dim=-1)
+
+
+def _fused_backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs):
+    """:func:`_backward` as two compiled passes over the pairs (one per side of the
+    products), returning the same seven gradients; None where compiling failed."""
+    b, h, length, dv = v.shape
+    delta = (d_out * out).sum(dim=-1, keepdim=True)
+    lse = lse[..., None]
+    groups, seq = _float_pairs(pairs, b, length)
+
+    def planes(t):
+        return t.transpose(-1, -2).contiguous()
+
+    try:
+        rows = _compiled("dq")(qr.contiguous(), qd.contiguous(), d_out.contiguous(), lse, delta,
+                               planes(kr), planes(kd), planes(v), w_r, w_d, groups, seq)
+        cols = _compiled("dkdv")(kr.contiguous(), kd.contiguous(), v.contiguous(), planes(qr), planes(qd),
+                                 planes(d_out), planes(lse), planes(delta), w_r, w_d, groups, seq)
+    except Exception as err:  # a machine that cannot compile still runs the exact block loop
+        _compile_failed(err)
+        return None
+    ds_kr, g_kd, g_sum, ds_dist = rows[..., :3], rows[..., 3:6], rows[..., 6:7], rows[..., 7]
+    dqr = w_r * ds_kr
+    dqd = g_kd - g_sum * qd
+    dw_r = (qr * ds_kr).sum(dim=(0, 2, 3)) * _INV_SQRT3
+    dw_d = -ds_dist.sum(dim=(0, 2)) * _INV_SQRT3
+    dv_, ds_qr, g_qd, g_sum_k = cols[..., :dv], cols[..., dv:dv + 3], cols[..., dv + 3:dv + 6], cols[..., -1:]
+    dkr = w_r * ds_qr
+    dkd = g_qd - g_sum_k * kd
+    return dqr, dkr, dqd, dkd, dv_, dw_r, dw_d
 
 
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
@@ -368,7 +463,11 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         given = iter(given)
         pairs = _Pairs(*(next(given) if present else None for present in ctx.present))
         d_out = values_heads_first(grad_out.to(out.dtype), qr.shape[1])
-        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size or DEFAULT_BLOCK_SIZE)
+        grads = None
+        if _use_fused(qd, kd, qr.shape[2], ctx.block_size):
+            grads = _fused_backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs)
+        grads = grads or _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs,
+                                   ctx.block_size or DEFAULT_BLOCK_SIZE)
         vectors = (*(g.transpose(1, 2) for g in grads[:4]), values_back(grads[4]))  # back to (B, L, H, 3)
         grads = (*vectors, *grads[5:])
         grads = tuple(g.to(dt) if need else None
