@@ -269,6 +269,15 @@ def _compiled(name: str):
     return _FUSED[name]
 
 
+def _run_compiled(name: str, *args):
+    """Call a compiled function. Each variant (dtype, which pair terms, d_v, B or H of 1)
+    is a compilation of its own; past Dynamo's default limit of 8 it would silently run
+    the function eagerly, with its (L, L) tensors. A higher limit here, and an error past
+    it, so that the tile loop takes over instead."""
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        return _compiled(name)(*args)
+
+
 def _compile_failed(err: Exception) -> None:
     _FUSED["failed"] = True
     warnings.warn(f"geoattn.chunked: torch.compile failed ({type(err).__name__}: {err}); "
@@ -301,7 +310,7 @@ def _fused_forward(qr, kr, qd, kd, v, w_r, w_d, pairs):
     planes = (t.transpose(-1, -2).contiguous() for t in (kr, kd, torch.cat([v, ones], -1)))
     args = (a.contiguous(), qd.contiguous(), *planes, *_float_pairs(pairs, qr.shape[0], qr.shape[2]))
     try:
-        return _compiled("rows")(*args)
+        return _run_compiled("rows", *args)
     except Exception as err:  # a machine that cannot compile still runs the exact tile loop
         _compile_failed(err)
         return None
@@ -377,9 +386,9 @@ def _fused_backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs):
         return t.transpose(-1, -2).contiguous()
 
     try:
-        rows = _compiled("dq")(qr.contiguous(), qd.contiguous(), d_out.contiguous(), lse, delta,
+        rows = _run_compiled("dq", qr.contiguous(), qd.contiguous(), d_out.contiguous(), lse, delta,
                                planes(kr), planes(kd), planes(v), w_r, w_d, groups, seq)
-        cols = _compiled("dkdv")(kr.contiguous(), kd.contiguous(), v.contiguous(), planes(qr), planes(qd),
+        cols = _run_compiled("dkdv", kr.contiguous(), kd.contiguous(), v.contiguous(), planes(qr), planes(qd),
                                  planes(d_out), planes(lse), planes(delta), w_r, w_d, groups, seq)
     except Exception as err:  # a machine that cannot compile still runs the exact block loop
         _compile_failed(err)
