@@ -186,6 +186,97 @@ def _not_run(job: dict) -> str | None:
     return None
 
 
+def _warm_length(impl: str, length: int) -> int:
+    """The length of the warm-up call: 64 at most, but the chunked path (and the layer on
+    it) compiles its fused kernel only from ``FUSED_MIN_LENGTH`` on, once for every longer
+    L; warmed there, in O(L) memory, neither the compiler's time nor its memory counts as
+    the run's (``warmup_s`` records it)."""
+    from geoattn.chunked import FUSED_MIN_LENGTH
+
+    if impl in ("chunked", "layer") and length >= FUSED_MIN_LENGTH:
+        return FUSED_MIN_LENGTH
+    return min(length, 64)
+
+
+def _make_step(impl, length, h, b, device, dt, backward, block_size, d_model):
+    """(step, warm-up seconds): one call (forward, or forward and backward) of ``impl`` on
+    fixed inputs, after a warm-up call of B = 1 and L = :func:`_warm_length` that absorbs
+    lazy imports, thread-pool start-up and the chunked path's compilation."""
+    import torch
+
+    small = _warm_length(impl, length)
+    t0 = time.perf_counter()
+    if impl in LAYER_IMPLS:
+        step = _layer_step(impl, b, length, h, d_model, device, dt, backward)
+        _layer_step(impl, 1, small, h, d_model, device, dt, backward)()
+        return step, time.perf_counter() - t0
+    fn = _attention_fn(impl, block_size)
+    inputs = _make_inputs(b, length, h, device, dt, backward)
+    d_out = torch.ones(b, length, h, 3, device=device, dtype=dt)
+
+    def step(inputs=inputs, d_out=d_out):
+        if backward:
+            for t in inputs:
+                t.grad = None
+            fn(*inputs).backward(d_out)
+        else:
+            with torch.no_grad():
+                fn(*inputs)
+
+    # A small call first, so that lazy imports, the intra-op thread pool (it starts only once
+    # an op is big enough to split) and compilation are not counted as the run's memory.
+    step(_make_inputs(1, small, h, device, dt, backward),
+         torch.ones(1, small, h, 3, device=device, dtype=dt))
+    return step, time.perf_counter() - t0
+
+
+def measure_interleaved(impls, length, h, b, pass_, *, device="cpu", dtype="float32", repeats=5,
+                        block_size=None, threads=None, d_model=128, **_) -> list[dict]:
+    """Time several implementations side by side in this process: after each one's first
+    call (``first_call_s``) and one more warm-up, rounds of one call each, the order rotated
+    every round, so that a load change on a shared machine hits every implementation alike.
+    Returns one row per implementation (``interleaved``: True; no memory measured)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dt = getattr(torch, dtype)
+    backward = pass_ == "fwd+bwd"
+    rows, steps = [], []
+    for impl in impls:
+        row = {"impl": impl, "L": length, "H": h, "B": b, "pass": pass_, "median_ms": None,
+               "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None, "warmup_s": None,
+               "status": "ok", "interleaved": True, "times_ms": []}
+        if impl in LAYER_IMPLS:
+            row["d_model"] = d_model
+        reason = _not_run({"impl": impl, "pass_": pass_, "device": device})
+        try:
+            if reason:
+                raise RuntimeError(reason)
+            step, row["warmup_s"] = _make_step(impl, length, h, b, device, dt, backward, block_size, d_model)
+            t0 = time.perf_counter()
+            step()
+            row["first_call_s"] = time.perf_counter() - t0
+            step()
+        except Exception as err:
+            row["status"] = reason or _status_of(err)
+            step = None
+        rows.append(row)
+        steps.append(step)
+    live = [i for i, step in enumerate(steps) if step is not None]
+    for r in range(repeats):
+        for i in live[r % len(live):] + live[:r % len(live)] if live else []:
+            t0 = time.perf_counter()
+            steps[i]()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            rows[i]["times_ms"].append((time.perf_counter() - t0) * 1e3)
+    for i in live:
+        rows[i]["median_ms"] = statistics.median(rows[i]["times_ms"])
+        rows[i]["pairs_per_s"] = b * h * length**2 / (rows[i]["median_ms"] / 1e3)
+    return rows
+
+
 def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats=5, warmup=1,
             block_size=None, min_time=1.0, threads=None, d_model=128) -> dict:
     """Time and measure one configuration in this process; return one result row.
@@ -199,7 +290,8 @@ def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats
     import torch
 
     row = {"impl": impl, "L": length, "H": h, "B": b, "pass": pass_, "median_ms": None,
-           "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None, "status": "ok"}
+           "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None, "warmup_s": None,
+           "status": "ok"}
     if impl in LAYER_IMPLS:
         row["d_model"] = d_model
     if threads:
@@ -207,28 +299,7 @@ def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats
     dt = getattr(torch, dtype)
     backward = pass_ == "fwd+bwd"
     try:
-        if impl in LAYER_IMPLS:
-            step = _layer_step(impl, b, length, h, d_model, device, dt, backward)
-            _layer_step(impl, 1, min(length, 64), h, d_model, device, dt, backward)()  # small warm-up call
-        else:
-            fn = _attention_fn(impl, block_size)
-            inputs = _make_inputs(b, length, h, device, dt, backward)
-            d_out = torch.ones(b, length, h, 3, device=device, dtype=dt)
-
-            def step(inputs=inputs, d_out=d_out):
-                if backward:
-                    for t in inputs:
-                        t.grad = None
-                    fn(*inputs).backward(d_out)
-                else:
-                    with torch.no_grad():
-                        fn(*inputs)
-
-            # A small call first, so that lazy imports, the intra-op thread pool (it starts only once
-            # an op is big enough to split) and compilation are not counted as the run's memory.
-            small = min(length, 64)
-            step(_make_inputs(1, small, h, device, dt, backward),
-                 torch.ones(1, small, h, 3, device=device, dtype=dt))
+        step, row["warmup_s"] = _make_step(impl, length, h, b, device, dt, backward, block_size, d_model)
         gc.collect()
         if device == "cuda":
             # One full-size run first, so that compilation and autotuning (per shape) are
@@ -275,21 +346,25 @@ def measure(impl, length, h, b, pass_, *, device="cpu", dtype="float32", repeats
     return row
 
 
-def _measure_in_subprocess(job: dict, timeout: float) -> dict:
-    """Run ``measure`` in a fresh interpreter so each CPU peak-RSS reading starts clean."""
+def _measure_in_subprocess(job: dict, timeout: float):
+    """Run ``measure`` (or, for a job with ``impls``, ``measure_interleaved``, a list of rows)
+    in a fresh interpreter so each CPU peak-RSS reading starts clean."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
-    failed = {"impl": job["impl"], "L": job["length"], "H": job["h"], "B": job["b"], "pass": job["pass_"],
-              "median_ms": None, "peak_mem_bytes": None, "pairs_per_s": None}
+    failed = [{"impl": impl, "L": job["length"], "H": job["h"], "B": job["b"], "pass": job["pass_"],
+               "median_ms": None, "peak_mem_bytes": None, "pairs_per_s": None}
+              for impl in job.get("impls", [job.get("impl")])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return failed | {"status": f"error: timeout after {timeout:.0f} s"}
-    if proc.returncode != 0:
+        status = f"error: timeout after {timeout:.0f} s"
+    else:
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
         # SIGKILL from the kernel's OOM killer is the usual reason a worker dies silently.
         last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
         status = "oom" if proc.returncode == -9 else f"error: worker exit {proc.returncode}: {last}"
-        return failed | {"status": status}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = [row | {"status": status} for row in failed]
+    return rows if "impls" in job else rows[0]
 
 
 def parse_args(argv=None):
@@ -318,6 +393,9 @@ def parse_args(argv=None):
     p.add_argument("--quiet-check", action="store_true",
                    help="refuse to start while the 1-minute load average is above 1.0, and to write results "
                         "if it rose above 1.0 beyond the benchmark's own threads during the run")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the implementations side by side: per (L, H, pass) one process runs them "
+                        "in rotating rounds (--repeats rounds; no memory measured)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
     p.add_argument("--out", default="bench_geometric.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -329,8 +407,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.worker:  # a subprocess measuring one configuration
-        print(json.dumps(measure(**json.loads(args.worker))))
+    if args.worker:  # a subprocess measuring one configuration (or, interleaved, several)
+        job = json.loads(args.worker)
+        print(json.dumps(measure_interleaved(**job) if "impls" in job else measure(**job)))
         return {}
     if args.quiet_check and os.getloadavg()[0] > 1.0:
         raise SystemExit(f"--quiet-check: the 1-minute load average is {os.getloadavg()[0]:.2f} (> 1.0); "
@@ -350,7 +429,20 @@ def main(argv=None) -> dict:
             for h in heads for n in lengths for i in impls for ps in args.passes]
     load_start = os.getloadavg()
     rows = []
+    if args.interleave:
+        jobs = [dict(impls=impls, length=n, h=h, b=batch, pass_=ps, device=device, dtype=args.dtype,
+                     repeats=args.repeats, block_size=args.block_size, threads=args.threads, d_model=args.d_model)
+                for h in heads for n in lengths for ps in args.passes]
     for job in tqdm(jobs, desc="geometric attention", unit="config"):
+        if "impls" in job:
+            group = (_measure_in_subprocess(job, args.timeout * len(impls)) if device == "cpu"
+                     else measure_interleaved(**job))
+            rows.extend(group)
+            for row in group:
+                tqdm.write(f"{row['impl']:>9} L={row['L']:<5} H={row['H']:<4} B={row['B']:<5} {row['pass']:<8} "
+                           + (f"{row['median_ms']:10.2f} ms (interleaved)" if row["status"] == "ok"
+                              else row["status"]))
+            continue
         if _not_run(job):
             row = {"impl": job["impl"], "L": job["length"], "H": job["h"], "B": job["b"], "pass": job["pass_"],
                    "median_ms": None, "peak_mem_bytes": None, "pairs_per_s": None, "first_call_s": None,
@@ -376,15 +468,17 @@ def main(argv=None) -> dict:
         if device == "cuda" else
         "fresh subprocess per configuration; peak resident set size (VmHWM, reset via /proc/self/clear_refs, "
         "else ru_maxrss) during one run minus the RSS before it, after imports, inputs and a small "
-        "warm-up call (L <= 64)"
+        "warm-up call (L <= 64; chunked and layer: L = FUSED_MIN_LENGTH when L is at least that)"
     )
+    if args.interleave:
+        memory_method = "not measured (--interleave: implementations timed side by side in one process)"
     result = {
         "device": _device_name(device),
         "versions": _versions(),
         "git": _git_commit(),
         "config": {"shape": args.shape, "impls": impls, "L": lengths, "H": heads, "B": batch,
                    "passes": args.passes, "repeats": args.repeats, "min_time_s": args.min_time,
-                   "warmup": args.warmup, "dtype": args.dtype,
+                   "warmup": args.warmup, "dtype": args.dtype, "interleave": args.interleave,
                    "threads": args.threads or torch.get_num_threads(),
                    "block_size": args.block_size or DEFAULT_BLOCK_SIZE, "d_model": args.d_model,
                    "chunked_tiles": {str(n): list(tile_sizes(batch * heads[0], n, args.block_size)) for n in lengths},

@@ -27,7 +27,7 @@ _OPTIONS = {"num_warps", "num_stages", "enable_fp_fusion"}
 def pytest_configure(config):
     from triton.runtime.interpreter import InterpretedFunction
 
-    import geoattn.triton_kernels as tk
+    import geoattn.kernels.launch as tk
 
     tk._sm_count = lambda device: 132  # as on an H100, so that the forward splits its keys as there
     original = InterpretedFunction.run

@@ -27,7 +27,8 @@ def test_cpu_sweep_writes_the_documented_json(bench, tmp_path):
     assert len(result["git"]["commit"]) == 40 and isinstance(result["git"]["dirty"], bool)
     assert [(r["impl"], r["L"], r["pass"]) for r in result["rows"]] == [
         ("naive", 16, "fwd"), ("chunked", 16, "fwd"), ("esm-layer", 16, "fwd"), ("layer", 16, "fwd")]
-    fields = {"impl", "L", "H", "B", "pass", "median_ms", "peak_mem_bytes", "pairs_per_s", "first_call_s", "status"}
+    fields = {"impl", "L", "H", "B", "pass", "median_ms", "peak_mem_bytes", "pairs_per_s", "first_call_s",
+              "warmup_s", "status"}
     for row in result["rows"]:
         assert row["status"] == "ok", row
         assert set(row) == fields | ({"d_model"} if row["impl"] in bench.LAYER_IMPLS else set())
@@ -82,3 +83,29 @@ def test_flex_rows_time_the_forward_and_skip_the_cpu_backward(bench, tmp_path):
     assert fwd["first_call_s"] > 0 and fwd["median_ms"] > 0
     assert bwd["pass"] == "fwd+bwd" and bwd["status"] == "skipped: FlexAttention has no backward pass on the CPU"
     assert bwd["median_ms"] is None
+
+
+def test_interleaved_rows_time_implementations_side_by_side(bench, tmp_path):
+    out = tmp_path / "side.json"
+    result = bench.main(["--interleave", "--L", "16", "--H", "2", "--pass", "fwd", "fwd+bwd", "--repeats", "3",
+                         "--impl", "naive", "chunked", "flex", "--threads", "1", "--device", "cpu",
+                         "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["config"]["interleave"] and "not measured" in result["memory_method"]
+    rows = {(r["impl"], r["pass"]): r for r in result["rows"]}
+    assert len(rows) == 6
+    for (impl, pass_), row in rows.items():
+        assert row["interleaved"] and row["peak_mem_bytes"] is None
+        if impl == "flex" and pass_ == "fwd+bwd":
+            assert row["status"].startswith("skipped") and row["times_ms"] == []
+            continue
+        assert row["status"] == "ok", row
+        assert len(row["times_ms"]) == 3 and row["median_ms"] == sorted(row["times_ms"])[1]
+        assert row["first_call_s"] > 0 and row["warmup_s"] > 0
+
+
+def test_chunked_warms_up_where_it_compiles(bench):
+    from geoattn.chunked import FUSED_MIN_LENGTH
+
+    assert bench._warm_length("naive", 4096) == 64 and bench._warm_length("chunked", 100) == 64
+    assert bench._warm_length("chunked", 4096) == bench._warm_length("layer", 4096) == FUSED_MIN_LENGTH

@@ -221,3 +221,69 @@ def test_tile_rule_fits_the_cache_budget(bh, length):
         assert rows & (rows - 1) == 0 and rows >= 16
         assert bh * rows * keys <= TILE_NUMBERS or rows == 16
     assert tile_sizes(2 * bh, 1 << 20)[0] <= tile_sizes(bh, 1 << 20)[0], "more heads, fewer rows per tile"
+
+
+@pytest.fixture
+def fused_from_length_1(monkeypatch):
+    """The fused (compiled) forward for any L, as for L >= FUSED_MIN_LENGTH."""
+    import geoattn.chunked as chunked
+
+    monkeypatch.setattr(chunked, "FUSED_MIN_LENGTH", 1)
+    monkeypatch.setitem(chunked._FUSED, "failed", False)
+    return chunked
+
+
+def test_fused_forward_fp64_with_every_pair_term_equals_naive(fused_from_length_1):
+    chunked = fused_from_length_1
+    inputs = make_inputs(7, 3, 21, 2, spread=2.0, requires_grad=True)
+    key_mask = random_mask(8, 3, 21)
+    key_mask[1] = False  # every row of sequence 1 is empty: zeros, lse = +inf
+    chain = (torch.arange(21) >= 9).long().expand(3, 21) * 5 - 3  # ids need not be ranks
+    seq = (torch.arange(21) >= 15).long().expand(3, 21)
+    kw = dict(chain_id=chain, sequence_id=seq)
+    assert chunked._use_fused(inputs[2], inputs[3], 21, None)
+    out_n, grads_n = outputs_and_grads("naive", inputs, key_mask, **kw)
+    out_c, grads_c = outputs_and_grads("chunked", inputs, key_mask, **kw)
+    assert not chunked._FUSED["failed"]
+    torch.testing.assert_close(out_c, out_n, atol=1e-10, rtol=1e-10)
+    # the eager backward reads the fused forward's lse
+    for name, gc, gn in zip(NAMES, grads_c, grads_n):
+        torch.testing.assert_close(gc, gn, atol=1e-10, rtol=1e-10, msg=lambda m, name=name: f"grad of {name}: {m}")
+    assert (out_c[1] == 0).all()
+
+
+def test_fused_forward_fp32_equals_naive(fused_from_length_1):
+    inputs = make_inputs(5, 2, 70, 3, dtype=torch.float32, spread=3.0, requires_grad=True)
+    assert_matches_naive(inputs, atol=2e-5, rtol=1e-4)
+    assert not fused_from_length_1._FUSED["failed"]
+
+
+def test_short_sequences_and_explicit_blocks_run_the_tile_loop(monkeypatch):
+    """Below FUSED_MIN_LENGTH (every chapter's sizes) nothing is compiled, and a
+    caller's block_size always gets the tile loop it asked for."""
+    import geoattn.chunked as chunked
+
+    calls = []
+    monkeypatch.setattr(chunked, "_fused_forward", lambda *a: calls.append(a[0].shape[2]))  # None: eager
+    monkeypatch.setattr(chunked, "FUSED_MIN_LENGTH", 12)
+    monkeypatch.setitem(chunked._FUSED, "failed", False)
+    for length, block_size in ((11, None), (12, 4), (12, None)):
+        inputs = make_inputs(0, 1, length, 2, spread=1.0)
+        out = geoattn.geometric_attention(*inputs, impl="chunked", block_size=block_size)
+        torch.testing.assert_close(out, geoattn.geometric_attention(*inputs, impl="naive"))
+    assert calls == [12]
+    assert chunked.FUSED_MIN_LENGTH == 12 and chunked.tile_sizes(8, 12)[1] == chunked.DEFAULT_BLOCK_SIZE
+
+
+def test_a_failed_compilation_falls_back_to_the_tile_loop_once(fused_from_length_1, monkeypatch):
+    chunked = fused_from_length_1
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(chunked, "_compiled", lambda name: broken)
+    inputs = make_inputs(2, 1, 9, 2, spread=1.0)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        out = geoattn.geometric_attention(*inputs, impl="chunked")
+    torch.testing.assert_close(out, geoattn.geometric_attention(*inputs, impl="naive"))
+    assert chunked._FUSED["failed"] and not chunked._use_fused(inputs[2], inputs[3], 9, None)

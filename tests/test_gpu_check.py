@@ -367,7 +367,7 @@ def test_what_the_gpu_run_imports_works_without_biotite():
     the tests use, must import with biotite unimportable."""
     code = ("import sys; sys.modules['biotite'] = None\n"  # `import biotite` now raises ImportError
             f"sys.path.insert(0, {str(SCRIPT.parent)!r})\n"
-            "import geoattn, geoattn.flex, geoattn.triton_kernels\n"
+            "import geoattn, geoattn.flex, geoattn.kernels.launch, geoattn.triton_kernels\n"
             "geoattn.geometric_attention, geoattn.random_geometric_inputs, geoattn.GeometricSelfAttention\n"
             "from gpu import bench, correctness, preflight, report, suites\n"
             "record = preflight.preflight('cpu')\n"

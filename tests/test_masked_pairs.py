@@ -25,7 +25,7 @@ from helpers import make_inputs
 IMPLS = ["naive", "chunked", "triton"]  # triton runs in its interpreter on a CPU (tests/conftest.py)
 NAMES = ["q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight"]
 CHAIN = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
-# Triton computes fp64 inputs in fp32 (geoattn.triton_kernels' docstring).
+# Triton computes fp64 inputs in fp32 (geoattn.kernels.launch's docstring).
 TOL = {"naive": dict(atol=1e-12, rtol=1e-10), "chunked": dict(atol=1e-12, rtol=1e-10),
        "triton": dict(atol=1e-5, rtol=1e-5)}
 

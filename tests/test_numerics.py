@@ -21,7 +21,7 @@ IMPLS = ["naive", "chunked", "triton"]  # triton runs in its interpreter on a CP
 NAMES = ["q_rot", "k_rot", "q_dist", "k_dist", "v", "rot_weight", "dist_weight"]
 KEY_SIDE = (1, 3, 4)  # k_rot, k_dist, v: what a key carries
 # Agreement with naive on fp64 inputs: chunked to fp64 round-off; Triton computes fp64
-# inputs in fp32 (geoattn.triton_kernels' docstring), so it is held to the fp32 bound.
+# inputs in fp32 (geoattn.kernels.launch's docstring), so it is held to the fp32 bound.
 AGREE = {
     "chunked": {"out": dict(atol=1e-12, rtol=1e-10), "grad": dict(atol=1e-10, rtol=1e-8)},
     "triton": {"out": dict(atol=2e-5, rtol=2e-5), "grad": dict(atol=1e-4, rtol=1e-4)},

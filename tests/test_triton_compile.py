@@ -83,7 +83,7 @@ def compiled(tmp_path_factory):
 
 
 def test_every_kernel_compiles_for_sm75_sm80_and_sm90_without_spills(compiled):
-    from geoattn.triton_kernels import KERNELS
+    from geoattn.kernels.launch import KERNELS
 
     got = {(r["label"], r["cc"], r["kernel"]) for r in compiled}
     for label, cc, _, names in JOBS:

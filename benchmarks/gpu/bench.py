@@ -39,7 +39,7 @@ def _sync(device: str) -> None:
 def _triton_autotuned() -> dict | None:
     """The configs the autotuner chose for the last call (private names; None if they moved)."""
     try:
-        from geoattn import triton_kernels as tk
+        from geoattn.kernels import launch as tk
 
         tuned = {"fwd": tk._fwd_tuned, "bwd_dkdv": tk._dkdv_tuned, "bwd_dq": tk._dq_tuned}
     except (ImportError, AttributeError):
@@ -130,7 +130,7 @@ def _pow2(n: int) -> int:
 
 
 def tuning_key(spec: dict) -> tuple:
-    """What the Triton autotuner tunes once: geoattn.triton_kernels.autotune_key's buckets (L
+    """What the Triton autotuner tunes once: geoattn.kernels.launch.autotune_key's buckets (L
     up to 4096, B·H up to 4096), or the short-sequence kernels' padded length (no tuning)."""
     if spec["L"] <= 32:
         return ("small", 16 if spec["L"] <= 16 else 32, spec["pass"])

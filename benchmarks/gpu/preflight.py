@@ -21,13 +21,13 @@ from pathlib import Path
 REQUIRED = {
     "torch": "everything",
     "triton": "impl='triton'",
-    "einops": "geoattn.geometric, geoattn.triton_kernels",
+    "einops": "geoattn.geometric, geoattn.kernels.launch",
     "numpy": "geoattn's structure modules (imported by `geoattn.<name>` lookups in the tests)",
     "pytest": "the test suites",
     "hypothesis": "tests/test_triton_kernels.py",
 }
 # The geoattn modules gpu_check imports; importing them must not import biotite.
-GEOATTN_MODULES = ("geoattn.geometric", "geoattn.flex", "geoattn.triton_kernels", "geoattn.frames")
+GEOATTN_MODULES = ("geoattn.geometric", "geoattn.flex", "geoattn.kernels.launch", "geoattn.frames")
 
 
 def _module(name: str) -> dict:

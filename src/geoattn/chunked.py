@@ -22,6 +22,16 @@ Two rewrites make a tile cheap: both weights are folded into the vectors once pe
 (:math:`\tfrac{w_d}{\sqrt3}\lVert q - k\rVert = \lVert \tfrac{w_d}{\sqrt3}q - \tfrac{w_d}{\sqrt3}k\rVert`
 for :math:`w_d \ge 0`), and the tile's scores are built and exponentiated in place.
 
+**Fused forward.** Each operator of the tile loop still writes its (R, n) tile to memory.
+For long sequences on a CPU (``L >= FUSED_MIN_LENGTH``, ``block_size`` left to the
+implementation) the forward instead runs :func:`_fused_rows` compiled by ``torch.compile``
+(once per variant, dynamic shapes): the same math written pointwise, which Inductor turns
+into one C++ loop nest that makes each pair's score, its exponential and its share of
+P·V (ℓ as a column of ones in V) in registers. The backward does the same in two passes
+(:func:`_fused_dq` reduces over the keys, :func:`_fused_dkdv` over the queries), with
+:math:`\sum_{ij} dS_{ij}\, q^r_i\cdot k^r_j = \sum_i q^r_i \cdot (dS\,k^r)_i` for ∂/∂w_r. Memory stays
+O(L). Should compiling fail, the tile loops run instead.
+
 **Backward.** The forward saves only the inputs, ``out`` and ``lse`` (O(L) each). The
 backward recomputes each block's scores and gets the probabilities back without any
 normalisation pass, :math:`P_{ij} = e^{S_{ij} - \mathrm{lse}_i}`; then, as in FlashAttention,
@@ -44,13 +54,15 @@ two matrix products instead of an (L, n, 3) tensor of differences.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .contract import check_block_size, check_geometric_inputs, compute_dtype
+from .chains import chain_ranks
+from .contract import check_block_size, check_geometric_inputs, compute_dtype, values_back, values_heads_first
 from .distances import finite_or_nan, key_centre
 from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 from .online_softmax import OnlineSoftmaxState, online_softmax_init, online_softmax_result
@@ -155,7 +167,7 @@ def _may_overflow(qd: Tensor, kd: Tensor) -> bool:
 
 
 def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
-    """Online softmax over (query, key) tiles; returns ``out`` (B, H, L, 3) and ``lse`` (B, H, L).
+    """Online softmax over (query, key) tiles; returns ``out`` (B, H, L, 3m) and ``lse`` (B, H, L).
 
     Both weights are folded into the vectors before the loop: w_r/√3 into q_r, and w_d/√3
     into both point sets, since ‖w q − w k‖ = w ‖q − k‖ for w ≥ 0. A tile's scores are then
@@ -163,15 +175,17 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
     """
     b, h, length, _ = qr.shape
     folded = (qr * w_r, kr, qd * w_d, kd * w_d, v)
-    a, kr, qd, kd, v = (t.reshape(b * h, length, 3) for t in folded)
+    # v: (B, H, L, 3m), a head's m value vectors side by side
+    a, kr, qd, kd, v = (t.reshape(b * h, length, t.shape[-1]) for t in folded)
     kr_t = kr.transpose(1, 2).contiguous()
     guard = _may_overflow(qd, kd)
     rows, keys = tile_sizes(b * h, length, block_size)
     out, lse = torch.empty_like(v), v.new_empty(b * h, length)
     for i0 in range(0, length, rows):
         qi = slice(i0, i0 + rows)
-        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]), 3,
-                                        dtype=v.dtype, device=v.device)
+        m, l, acc = online_softmax_init((b * h, a[:, qi].shape[1]),
+                                        v.shape[-1], dtype=v.dtype,
+                                        device=v.device)
         for j0 in range(0, length, keys):
             kj = slice(j0, j0 + keys)
             # line 8, weighted: w_d/√3 · ‖q_d − k_d‖
@@ -192,7 +206,202 @@ def _forward(qr, kr, qd, kd, v, w_r, w_d, pairs, block_size):
         out[:, qi], lse[:, qi] = online_softmax_result(state)
     # A row with no key: out = 0, and lse = +inf makes the backward's
     # exp(S - lse) exactly 0.
-    return out.reshape(b, h, length, 3), lse.reshape(b, h, length)
+    return out.reshape(b, h, length, v.shape[-1]), lse.reshape(b, h, length)
+
+
+#: Sequences at least this long run the fused path (:func:`_fused_forward`) when the
+#: caller leaves ``block_size`` to the implementation: below it the tile loop is fast enough
+#: and a first call compiles nothing (torch.compile takes seconds, once per variant).
+FUSED_MIN_LENGTH = 1024
+
+
+def _fused_rows(a, qd, kr_t, kd_t, v_t, groups, seq):
+    """The forward for every query row at once, written pointwise so that Inductor fuses
+    the scores, the softmax and P·V into loops over the keys: no (L, L) buffer exists.
+
+    ``a, qd``: (B, H, L, 3), already weighted; ``kr_t, kd_t``: (B, H, 3, L), ``v_t``:
+    (B, H, d_v + 1, L), v and a row of ones, key-major so that the inner loop reads
+    contiguous planes. ``groups``: None, or (query, key) float planes (B, L): a pair is
+    kept where they are equal; ``seq``: None or (B, L) floats, +1 where equal.
+    """
+    def q(t, c):  # (B, H, L, 1)
+        return t[..., c, None]
+
+    def k(t, c):  # (B, H, 1, L)
+        return t[:, :, None, c]
+
+    rot = q(a, 0) * k(kr_t, 0) + q(a, 1) * k(kr_t, 1) + q(a, 2) * k(kr_t, 2)
+    d2 = sum((q(qd, c) - k(kd_t, c)) ** 2 for c in range(3))
+    s = rot - torch.sqrt(d2)
+    if seq is not None:
+        s = s + (seq[:, None, :, None] == seq[:, None, None, :])
+    if groups is not None:
+        same = groups[0][:, None, :, None] == groups[1][:, None, None, :]
+        s = torch.where(same, s, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(m), m, 0.0)
+    p = torch.exp(s - shift)
+    # one reduction per row of v_t, whose last row is ones: ℓ is one more column of P·V.
+    # (A separate p.sum() got a loop of its own, and P was stored to feed it.)
+    sums = torch.stack([(p * k(v_t, c)).sum(dim=-1) for c in range(v_t.shape[2])], dim=-1)
+    acc, l = sums[..., :-1], sums[..., -1]
+    has_key = l > 0
+    safe = torch.where(has_key, l, 1.0)
+    lse = torch.where(has_key, shift[..., 0] + torch.log(safe), float("inf"))
+    return acc / safe[..., None], lse
+
+
+_FUSED = {"failed": False}
+
+
+def _compiled(name: str):
+    """``_fused_rows`` ("rows"), ``_fused_dq`` or ``_fused_dkdv`` through ``torch.compile``
+    (dynamic shapes: one compilation per variant, not per L)."""
+    if name not in _FUSED:
+        fn = {"rows": _fused_rows, "dq": _fused_dq, "dkdv": _fused_dkdv}[name]
+        # Inductor stores a pointwise value with more than 4 reads that has two users (the
+        # scores feed the max and the exponentials): an (L, L) buffer. Higher limits keep
+        # each pair's terms in registers.
+        _FUSED[name] = torch.compile(fn, dynamic=True, fullgraph=True,
+                                     options={"realize_reads_threshold": 64,
+                                              "realize_cpu_opcount_threshold": 1000,
+                                              "realize_cpu_acc_reads_threshold": 64})
+    return _FUSED[name]
+
+
+def _run_compiled(name: str, *args):
+    """Call a compiled function. Each variant (dtype, which pair terms, d_v, B or H of 1)
+    is a compilation of its own; past Dynamo's default limit of 8 it would silently run
+    the function eagerly, with its (L, L) tensors. A higher limit here, and an error past
+    it, so that the tile loop takes over instead."""
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        return _compiled(name)(*args)
+
+
+def _compile_failed(err: Exception) -> None:
+    _FUSED["failed"] = True
+    warnings.warn(f"geoattn.chunked: torch.compile failed ({type(err).__name__}: {err}); "
+                  "using the eager tile loop", RuntimeWarning, stacklevel=3)
+
+
+def _use_fused(qd, kd, length, block_size) -> bool:
+    return (block_size is None and length >= FUSED_MIN_LENGTH and qd.device.type == "cpu"
+            and not _FUSED["failed"] and not _may_overflow(qd, kd))
+
+
+def _float_pairs(pairs, b, length):
+    """(groups, seq) for :func:`_fused_rows`: the pair masks as one float compare per
+    pair (vectorized, where bools and int64 ids were not), from ranks exact in fp32."""
+    key_mask, sequence_id, chain_id = pairs
+    groups = None
+    if key_mask is not None or chain_id is not None:
+        g = (torch.zeros((b, length), device=key_mask.device) if chain_id is None
+             else chain_ranks(chain_id).to(torch.float32))
+        # a masked key is in group -1, which no query is in
+        groups = (g, g if key_mask is None else torch.where(key_mask, g, -1.0))
+    seq = None if sequence_id is None else chain_ranks(sequence_id).to(torch.float32)
+    return groups, seq
+
+
+def _fused_forward(qr, kr, qd, kd, v, w_r, w_d, pairs):
+    """:func:`_forward` in one compiled call; same inputs and outputs, no ``block_size``."""
+    a, qd, kd = qr * w_r, qd * w_d, kd * w_d
+    ones = v.new_ones(v.shape[:-1] + (1,))
+    planes = (t.transpose(-1, -2).contiguous() for t in (kr, kd, torch.cat([v, ones], -1)))
+    args = (a.contiguous(), qd.contiguous(), *planes, *_float_pairs(pairs, qr.shape[0], qr.shape[2]))
+    try:
+        return _run_compiled("rows", *args)
+    except Exception as err:  # a machine that cannot compile still runs the exact tile loop
+        _compile_failed(err)
+        return None
+
+
+def _pair_terms(rot, dist, w_r, w_d, lse, dp, delta, seq, same):
+    """Per pair, from its two terms: P = e^{S − lse}, dS = P ∘ (dP − Δ), and the distance
+    term's G = w_d dS / d (0 at d = 0), for :func:`_fused_dq` and :func:`_fused_dkdv`."""
+    s = w_r * rot - w_d * dist
+    if seq is not None:
+        s = s + seq
+    if same is not None:
+        s = torch.where(same, s, float("-inf"))
+    p = torch.exp(s - lse)
+    ds = p * (dp - delta)
+    g = torch.where(dist > 0, w_d * ds / dist, 0.0)
+    return p, ds, g
+
+
+def _fused_dq(qr, qd, d_o, lse, delta, kr_t, kd_t, v_t, w_r, w_d, groups, seq):
+    """dq_r, dq_d and each row's shares of dw_r, dw_d: reductions over the keys, for every
+    query row at once (queries on dim −2, keys on dim −1, as in :func:`_fused_rows`).
+    ``d_o``: (B, H, L, d_v); ``lse, delta``: (B, H, L, 1); weights (1, H, 1, 1)."""
+    def q(t, c):
+        return t[..., c, None]
+
+    def k(t, c):
+        return t[:, :, None, c]
+
+    rot = sum(q(qr, c) * k(kr_t, c) for c in range(3))
+    dist = torch.sqrt(sum((q(qd, c) - k(kd_t, c)) ** 2 for c in range(3)))
+    dp = sum(q(d_o, c) * k(v_t, c) for c in range(v_t.shape[2]))
+    seq = None if seq is None else (seq[:, None, :, None] == seq[:, None, None, :])
+    same = None if groups is None else groups[0][:, None, :, None] == groups[1][:, None, None, :]
+    _, ds, g = _pair_terms(rot, dist, w_r, w_d, lse, dp, delta, seq, same)
+    sums = [(ds * k(kr_t, c)).sum(-1) for c in range(3)]
+    sums += [(g * k(kd_t, c)).sum(-1) for c in range(3)]
+    sums += [g.sum(-1), (ds * dist).sum(-1)]
+    return torch.stack(sums, dim=-1)
+
+
+def _fused_dkdv(kr, kd, v, qr_t, qd_t, do_t, lse_t, delta_t, w_r, w_d, groups, seq):
+    """dv, dk_r, dk_d: reductions over the queries, for every key at once (keys on dim
+    −2, queries on dim −1): :func:`_fused_dq` transposed."""
+    def k(t, c):
+        return t[..., c, None]
+
+    def q(t, c):
+        return t[:, :, None, c]
+
+    rot = sum(q(qr_t, c) * k(kr, c) for c in range(3))
+    dist = torch.sqrt(sum((q(qd_t, c) - k(kd, c)) ** 2 for c in range(3)))
+    dp = sum(q(do_t, c) * k(v, c) for c in range(v.shape[-1]))
+    seq = None if seq is None else (seq[:, None, None, :] == seq[:, None, :, None])
+    same = None if groups is None else groups[0][:, None, None, :] == groups[1][:, None, :, None]
+    p, ds, g = _pair_terms(rot, dist, w_r, w_d, lse_t, dp, delta_t, seq, same)
+    sums = [(p * q(do_t, c)).sum(-1) for c in range(do_t.shape[2])]
+    sums += [(ds * q(qr_t, c)).sum(-1) for c in range(3)]
+    sums += [(g * q(qd_t, c)).sum(-1) for c in range(3)]
+    sums += [g.sum(-1)]
+    return torch.stack(sums, dim=-1)
+
+
+def _fused_backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs):
+    """:func:`_backward` as two compiled passes over the pairs (one per side of the
+    products), returning the same seven gradients; None where compiling failed."""
+    b, h, length, dv = v.shape
+    delta = (d_out * out).sum(dim=-1, keepdim=True)
+    lse = lse[..., None]
+    groups, seq = _float_pairs(pairs, b, length)
+
+    def planes(t):
+        return t.transpose(-1, -2).contiguous()
+
+    try:
+        rows = _run_compiled("dq", qr.contiguous(), qd.contiguous(), d_out.contiguous(), lse, delta,
+                               planes(kr), planes(kd), planes(v), w_r, w_d, groups, seq)
+        cols = _run_compiled("dkdv", kr.contiguous(), kd.contiguous(), v.contiguous(), planes(qr), planes(qd),
+                                 planes(d_out), planes(lse), planes(delta), w_r, w_d, groups, seq)
+    except Exception as err:  # a machine that cannot compile still runs the exact block loop
+        _compile_failed(err)
+        return None
+    ds_kr, g_kd, g_sum, ds_dist = rows[..., :3], rows[..., 3:6], rows[..., 6:7], rows[..., 7]
+    dqr = w_r * ds_kr
+    dqd = g_kd - g_sum * qd
+    dw_r = (qr * ds_kr).sum(dim=(0, 2, 3)) * _INV_SQRT3
+    dw_d = -ds_dist.sum(dim=(0, 2)) * _INV_SQRT3
+    dv_, ds_qr, g_qd, g_sum_k = cols[..., :dv], cols[..., dv:dv + 3], cols[..., dv + 3:dv + 6], cols[..., -1:]
+    dkr = w_r * ds_qr
+    dkd = g_qd - g_sum_k * kd
+    return dqr, dkr, dqd, dkd, dv_, dw_r, dw_d
 
 
 def _backward(d_out, out, lse, qr, kr, qd, kd, v, w_r, w_d, pairs,
@@ -238,18 +447,23 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
     def forward(ctx, q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, pairs, block_size):
         compute = compute_dtype(v)
         # (B, L, H, 3) -> (B, H, L, 3): one independent attention per batch entry and head
-        qr, kr, qd, kd, vv = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist, v))
+        qr, kr, qd, kd = (t.detach().to(compute).transpose(1, 2) for t in (q_rot, k_rot, q_dist, k_dist))
+        # (B, L, H·m, 3) -> (B, H, L, 3m): each head's map is made once for its m values
+        vv = values_heads_first(v.detach().to(compute), q_rot.shape[2])
         # one centre per chain (see geoattn.distances)
         centre = key_centre(kd, pairs.key_mask, pairs.chain_id)
         qd, kd = qd - centre, kd - centre
         w_r = rot_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
         w_d = dist_weight.detach().to(compute)[None, :, None, None] * _INV_SQRT3
-        out, lse = _forward(qr, kr, qd, kd, vv, w_r, w_d, pairs, block_size)
+        fused = None
+        if _use_fused(qd, kd, qr.shape[2], block_size):
+            fused = _fused_forward(qr, kr, qd, kd, vv, w_r, w_d, pairs)
+        out, lse = fused or _forward(qr, kr, qd, kd, vv, w_r, w_d, pairs, block_size)
         ctx.save_for_backward(qr, kr, qd, kd, vv, w_r, w_d, out, lse, *(t for t in pairs if t is not None))
         ctx.present = tuple(t is not None for t in pairs)
         ctx.block_size = block_size
         ctx.dtypes = tuple(t.dtype for t in (q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight))
-        return out.transpose(1, 2).to(v.dtype)
+        return values_back(out).to(v.dtype)
 
     @staticmethod
     @once_differentiable
@@ -257,9 +471,13 @@ class _ChunkedGeometricAttention(torch.autograd.Function):
         qr, kr, qd, kd, vv, w_r, w_d, out, lse, *given = ctx.saved_tensors
         given = iter(given)
         pairs = _Pairs(*(next(given) if present else None for present in ctx.present))
-        d_out = grad_out.to(out.dtype).transpose(1, 2)
-        grads = _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs, ctx.block_size or DEFAULT_BLOCK_SIZE)
-        vectors = tuple(g.transpose(1, 2) for g in grads[:5])  # back to (B, L, H, 3)
+        d_out = values_heads_first(grad_out.to(out.dtype), qr.shape[1])
+        grads = None
+        if _use_fused(qd, kd, qr.shape[2], ctx.block_size):
+            grads = _fused_backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs)
+        grads = grads or _backward(d_out, out, lse, qr, kr, qd, kd, vv, w_r, w_d, pairs,
+                                   ctx.block_size or DEFAULT_BLOCK_SIZE)
+        vectors = (*(g.transpose(1, 2) for g in grads[:4]), values_back(grads[4]))  # back to (B, L, H, 3)
         grads = (*vectors, *grads[5:])
         grads = tuple(g.to(dt) if need else None
                       for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad))

@@ -1,7 +1,7 @@
 """The input contract of geometric attention, checked once per call.
 
 Every implementation (``naive`` in :mod:`geoattn.geometric`, ``chunked`` in
-:mod:`geoattn.chunked`, ``triton`` in :mod:`geoattn.triton_kernels`) imports this module,
+:mod:`geoattn.chunked`, ``triton`` in :mod:`geoattn.kernels.launch`) imports this module,
 and none imports another, so imports only go down. The dispatcher
 :func:`geoattn.geometric_attention` calls :func:`check_geometric_inputs` once and then the
 chosen implementation's unchecked core.
@@ -9,7 +9,9 @@ chosen implementation's unchecked core.
 The contract (see ``DESIGN.md``):
 
 - ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3), floating point (fp64, fp32, fp16,
-  bf16), one device;
+  bf16), one device; ``v`` may instead be (B, L, H·m, 3): m value vectors per head, heads
+  outer, messages inner (ESM's ``num_vector_messages``), all weighted by their head's
+  map, which is computed once;
 - ``rot_weight, dist_weight``: (H,), floating point, every entry finite and >= 0: the
   weights *after* softplus. A negative, NaN or infinite weight is a ValueError that names
   it (chunked folds w_d into the points, ‖w q − w k‖ = w ‖q − k‖, which holds for w ≥ 0
@@ -47,6 +49,7 @@ from .validation import (
 )
 
 __all__ = ["IMPLS", "BLOCK_SIZES", "TRITON_BLOCK_SIZES", "check_geometric_inputs", "check_impl",
+           "values_heads_first", "values_back",
            "check_block_size", "compute_dtype"]
 
 IMPLS = ("auto", "naive", "chunked", "triton")
@@ -107,9 +110,12 @@ def check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_wei
         require_float_dtype(name, t)
     shape = q_rot.shape
     for name, t in given.items():
+        if name == "v" and t.shape[:2] == shape[:2] and shape[2] and t.shape[2] % shape[2] == 0 and t.shape[2]:
+            continue  # m >= 1 value vectors per head
         if t.shape != shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but q_rot has {tuple(shape)}: "
-                             "B, L and H must match")
+                             "B, L and H must match" + (" (v: H·m heads, m >= 1 values per head)"
+                                                        if name == "v" else ""))
     b, length, h, _ = shape
     for name, w in (("rot_weight", rot_weight), ("dist_weight", dist_weight)):
         require_tensor(name, w)
@@ -123,3 +129,17 @@ def check_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_wei
     for name, w in (("rot_weight", rot_weight), ("dist_weight", dist_weight)):
         require_head_weight(name, w)  # on a GPU: a host synchronisation each
     return b, length, h
+
+
+def values_heads_first(v: Tensor, heads: int) -> Tensor:
+    """(B, L, H·m, 3) → (B, H, L, 3m): a head's m value vectors side by side, so that one
+    map multiplies all of them (a view-free transpose for m = 1)."""
+    b, length, hm, c = v.shape
+    m = hm // heads if heads else 1
+    return v.reshape(b, length, heads, m * c).transpose(1, 2)
+
+
+def values_back(out: Tensor) -> Tensor:
+    """The inverse of :func:`values_heads_first`: (B, H, L, 3m) → (B, L, H·m, 3)."""
+    b, h, length, mc = out.shape
+    return out.transpose(1, 2).reshape(b, length, h * (mc // 3), 3)

@@ -38,7 +38,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .contract import check_geometric_inputs, compute_dtype
+from .contract import check_geometric_inputs, compute_dtype, values_back, values_heads_first
 from .distances import key_centre
 from .masking import finite_geometric_inputs, nan_where, zero_masked_keys
 
@@ -54,6 +54,11 @@ def _flex(backend: str | None):
     from torch.nn.attention.flex_attention import flex_attention
 
     return flex_attention if backend is None else torch.compile(flex_attention, backend=backend)
+
+
+def _padded(width: int) -> int:
+    """The value head dimension FlexAttention gets: a power of two, at least 16."""
+    return max(FLEX_HEAD_DIM, 1 << (width - 1).bit_length())
 
 
 def _heads_first(x: Tensor, dtype: torch.dtype, pad: bool) -> Tensor:
@@ -82,7 +87,11 @@ def flex_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask
     # distances do not change when a chain's points move together: each chain's own centre
     centre = key_centre(k_dist.to(dtype).transpose(1, 2), key_mask, chain_id).transpose(1, 2)
     q = _heads_first(q_rot.to(dtype) * (rot_weight.to(dtype) / math.sqrt(3.0))[:, None], dtype, pad=True)
-    k, val = _heads_first(k_rot, dtype, pad=True), _heads_first(v, dtype, pad=True)
+    k = _heads_first(k_rot, dtype, pad=True)
+    # m values per head side by side, (B, H, L, 3m), padded as q and k: one map for them all
+    val = values_heads_first(v.to(dtype), h)
+    val_width = val.shape[-1]
+    val = torch.nn.functional.pad(val, (0, _padded(val.shape[-1]) - val.shape[-1])).contiguous()
     qd = _heads_first(q_dist.to(dtype) - centre, dtype, pad=False)
     kd = _heads_first(k_dist.to(dtype) - centre, dtype, pad=False)
     qx, qy, qz = (qd[..., i].contiguous() for i in range(3))
@@ -117,7 +126,7 @@ def flex_core(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight, key_mask
         # eager is asked for on purpose (a check, not a benchmark): no advice needed
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = _flex(backend)(q, k, val, score_mod=score_mod, block_mask=block_mask, scale=1.0)
-    out = out[..., :3].transpose(1, 2).to(v.dtype)
+    out = values_back(out[..., :val_width]).to(v.dtype)
     return out + nan_where(nan_rows, out)
 
 

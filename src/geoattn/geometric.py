@@ -27,7 +27,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import softmax
-from .contract import IMPLS, check_block_size, check_geometric_inputs, check_impl, compute_dtype
+from .contract import (
+    IMPLS,
+    check_block_size,
+    check_geometric_inputs,
+    check_impl,
+    compute_dtype,
+    values_back,
+    values_heads_first,
+)
 from .distances import key_centre, pair_distances, safe_norm
 from .frames import apply_frame, apply_rotation
 from .masking import finite_geometric_inputs, nan_where, pair_mask, rowwise, zero_masked_keys
@@ -159,8 +167,9 @@ def naive_geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_
         compute=compute)
     attn = _attention_map(q_rot, k_rot, q_dist, k_dist, rot_weight, dist_weight, key_mask, sequence_id, chain_id,
                           compute)  # lines 7-10
-    out = attn @ v.to(compute).transpose(1, 2)  # line 12: O = A · V, (B, H, L, 3)
-    return out.transpose(1, 2).to(v.dtype) + nan_where(nan_rows, v)
+    # line 12: O = A · V, (B, H, L, 3m): one map for a head's m value vectors
+    out = attn @ values_heads_first(v.to(compute), q_rot.shape[2])
+    return values_back(out).to(v.dtype) + nan_where(nan_rows, v)
 
 
 def _implementation(impl: str):
@@ -170,7 +179,7 @@ def _implementation(impl: str):
         from .chunked import chunked_core
 
         return chunked_core
-    from .triton_kernels import triton_core  # imports Triton: only when asked for
+    from .kernels.launch import triton_core  # imports Triton: only when asked for
 
     return triton_core
 
@@ -179,7 +188,9 @@ def geometric_attention(q_rot, k_rot, q_dist, k_dist, v, rot_weight, dist_weight
                         sequence_id=None, chain_id=None, block_size=None, impl="auto"):
     """Geometric attention over vectors already in the global frame; see the module docstring.
 
-    Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3). ``rot_weight``, ``dist_weight``:
+    Inputs ``q_rot, k_rot, q_dist, k_dist, v``: (B, L, H, 3); ``v`` may be (B, L, H·m, 3),
+    m value vectors per head (heads outer), each weighted by its head's map, which every
+    implementation but triton computes once (triton repeats q and k m times). ``rot_weight``, ``dist_weight``:
     (H,), the weights *after* softplus: every entry finite and >= 0 (0 included); a
     negative, NaN or infinite weight is a ValueError naming it. ``key_mask``: (B, L) bool, True = key
     may be attended. ``sequence_id``: (B, L) int, adds +1 to the score of every pair in one
@@ -461,14 +472,9 @@ class GeometricSelfAttention(nn.Module):
         g = self._vectors(x, rotations, translations, mask)
         # softplus(w̄_r), softplus(w̄_d) of line 9
         w_r, w_d = self.head_weights()
-        m = self.num_vector_messages
-        # lines 7-10 and 12: O = softmax_j(A) · V; with m messages per head,
-        # each head's map is reused m times
-        q_rot, k_rot, q_dist, k_dist = (t.repeat_interleave(m, dim=2)
-                                        for t in g[:4])
-        o = geometric_attention(q_rot, k_rot, q_dist, k_dist, g.v,
-                                w_r.repeat_interleave(m),
-                                w_d.repeat_interleave(m), mask,
+        # lines 7-10 and 12: O = softmax_j(A) · V; g.v holds m messages per
+        # head (B, L, H·m, 3), and each head's map weights all m of them
+        o = geometric_attention(*g[:4], g.v, w_r, w_d, mask,
                                 sequence_id=sequence_id, chain_id=chain_id,
                                 impl=self.impl)
         R, _ = _frames(rotations, translations, self._frame_mask(mask),

@@ -78,7 +78,8 @@ def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chai
     each vector that is not finite, or too large for ``compute`` arithmetic, replaced by a
     neutral one, and ``(nan_rows, has_key)``:
 
-    - ``nan_rows`` (B, L, H, 3) bool: the outputs that read such a vector (their own
+    - ``nan_rows`` (B, L, H, 3) bool (v's shape, (B, L, H·m, 3) for m values per head):
+      the outputs that read such a vector (their own
       query's, or a kept key's k_rot, k_dist or that coordinate of v), for rows that have a
       key at all;
     - ``has_key`` (B, L or 1, 1, 1) bool: whether the query may attend any key.
@@ -106,11 +107,17 @@ def finite_geometric_inputs(q_rot, k_rot, q_dist, k_dist, v, key_mask=None, chai
     big_k = (size(k_rot) >= limit) | (size(k_dist - centre, dist_weight) >= limit)
     out_q = [~f.all(dim=-1, keepdim=True) | big_q for f in (finite[0], finite[2])]
     out_k = [~f.all(dim=-1, keepdim=True) | big_k for f in (finite[1], finite[3])]
-    keys_bad = out_k[0] | out_k[1] | (False if v is None else ~finite[4])
+    # v may hold m vectors per head (B, L, H·m, 3): a head's flags reach each of them
+    m = 1 if v is None else v.shape[2] // max(1, q_rot.shape[2])
+
+    def per_value(t):
+        return t.repeat_interleave(m, dim=2) if m > 1 else t
+
+    keys_bad = per_value(out_k[0] | out_k[1]) | (False if v is None else ~finite[4])
     reach = over_keys(keys_bad.to(torch.float32), key_mask, chain_id, "amax") > 0
     ones = torch.ones((b, length, 1, 1), device=q_rot.device)
     has_key = over_keys(ones, key_mask, chain_id, "amax") > 0
-    nan_rows = has_key & (out_q[0] | out_q[1] | reach)
+    nan_rows = has_key & (per_value(out_q[0] | out_q[1]) | reach)
 
     def zero(t):
         return torch.zeros((), dtype=t.dtype, device=t.device)

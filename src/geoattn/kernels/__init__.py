@@ -7,9 +7,11 @@
 - :mod:`.small`: the short-sequence kernels (L ≤ 32), several heads per program, the
   whole score tile at once;
 - :mod:`.configs`: the launch shapes searched by the autotuner;
-- :mod:`.offline`: compiling the kernels offline and reading their SASS (no GPU needed).
+- :mod:`.offline`: compiling the kernels offline and reading their SASS (no GPU needed);
+- :mod:`.launch`: the launchers, the autograd Function and ``impl="triton"``'s entry
+  (``geoattn.triton_kernels`` is an alias of it for one release).
 
-Only ``geoattn.triton_kernels`` imports this package, and only it is imported by the
+Only :mod:`.launch` imports the kernel modules, and only it is imported by the
 dispatcher for ``impl="triton"``: ``import geoattn`` never needs Triton.
 """
 try:

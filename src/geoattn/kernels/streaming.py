@@ -5,7 +5,7 @@ The math, per batch b and head h (see ``geometric.py``), is
     A[i,j]   = w_r · (q_r[i] · k_r[j]) / √3  −  w_d · ‖q_d[i] − k_d[j]‖ / √3  (+ 1 same sequence)
     out[i]   = Σ_j softmax_j(A)[i,j] · v[j]      (pairs in two chains and masked keys excluded)
 
-``geoattn.triton_kernels`` folds the constants into the inputs before the kernels run:
+``geoattn.kernels.launch`` folds the constants into the inputs before the kernels run:
 a[i] = q_r[i]·w_r·log2(e)/√3 and c = w_d·log2(e)/√3 (one number per head), so that
 
     S[i,j] = a[i] · k_r[j] − c · ‖q_d[i] − k_d[j]‖ (+ log2(e) same sequence) = A[i,j] · log2(e)
