@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[3]
 _TEMPLATE = '''\
 # On Colab or Kaggle only: install the release of geoattn this chapter was
 # written for (a pinned tag, so a saved copy keeps working; torch is kept).
-# Every cell runs on a CPU. A GPU is used only by chapter 5's Triton cells
-# and chapter 6's training, which then run compiled kernels.
+# Every cell runs on a CPU. A GPU is used only by chapter 5's Triton cells,
+# which then run compiled kernels instead of Triton's interpreter.
 import os
 import sys
 
